@@ -1,0 +1,163 @@
+"""The worker's interface: the fields the platform shows, and the image's identity.
+
+Field labels are the keys the platform sends back in `workerInterface`, so they are
+part of the contract and never change spelling.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import WorkerError
+
+CHECKPOINT_DIR_VARIABLE = "SAM2_CHECKPOINT_DIR"
+# Where the Docker images put the official checkpoints (see Dockerfile).
+DEFAULT_CHECKPOINT_DIR = "/opt/sam2/checkpoints"
+PREFERRED_MODEL = "sam2.1_hiera_small.pt"
+
+NOTES = "SAM2 Refiner"
+BATCH_XY = "Batch XY"
+BATCH_Z = "Batch Z"
+BATCH_TIME = "Batch Time"
+REFINE_TAGS = "Tag of objects to refine"
+MODEL = "Model"
+RESOLUTION = "Resolution"
+DELETE_ORIGINALS = "Delete original annotations"
+PADDING = "Padding"
+SMOOTHING = "Smoothing"
+
+RESOLUTION_AUTO = "Auto"
+RESOLUTION_WHOLE_FRAME = "Whole frame"
+RESOLUTION_CHOICES = (RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME)
+
+PADDING_RANGE = (-20.0, 20.0)
+PADDING_DEFAULT = 0.0
+SMOOTHING_RANGE = (0.0, 3.0)
+SMOOTHING_DEFAULT = 0.7
+
+# Docker labels the platform reads (PLATFORM.md §6); the Dockerfiles must agree.
+WORKER_LABELS = {
+    "isUPennContrastWorker": "",
+    "isAnnotationWorker": "",
+    "interfaceName": "SAM2 Refiner",
+    "interfaceCategory": "SAM2",
+    "description": "Refines rough outlines into cell-hugging polygons with SAM2 box prompts",
+    "annotationShape": "polygon",
+    "defaultToolName": "SAM2 Refiner",
+}
+
+NOTES_HTML = (
+    "Refines the polygons carrying the chosen tag: each one's bounding box prompts "
+    "Meta's SAM2, and the refined outline is written as a new polygon with this "
+    "tool's tags. With <i>Delete original annotations</i> ticked, an original is "
+    "deleted only after its refined polygon has been saved."
+)
+
+
+def checkpoint_dir() -> Path:
+    return Path(os.environ.get(CHECKPOINT_DIR_VARIABLE) or DEFAULT_CHECKPOINT_DIR)
+
+
+def available_checkpoints(directory: Path | None = None) -> list[str]:
+    """The `*.pt` file names in the checkpoint directory, sorted.
+
+    Raises WorkerError naming the variable when there are none.
+    """
+    directory = directory or checkpoint_dir()
+    names = sorted(p.name for p in directory.glob("*.pt") if p.is_file()) if directory.is_dir() else []
+    if not names:
+        state = "does not exist" if not directory.is_dir() else "holds no *.pt checkpoint"
+        raise WorkerError(
+            f"No SAM2 checkpoints: {directory} {state}",
+            info=(
+                f"Set {CHECKPOINT_DIR_VARIABLE} to a directory of SAM2 checkpoints "
+                "(the Docker image ships them; `make weights` downloads them)."
+            ),
+            title="No SAM2 models",
+        )
+    return names
+
+
+def default_model(names: list[str]) -> str:
+    return PREFERRED_MODEL if PREFERRED_MODEL in names else names[0]
+
+
+def _batch_field(axis: str, order: int) -> dict:
+    return {
+        "type": "text",
+        "displayOrder": order,
+        "tooltip": (
+            f"1-based {axis} positions to process, e.g. 1-3, 5-8, or all.\n"
+            "Leave empty to process the current position only."
+        ),
+        "vueAttrs": {
+            "placeholder": "ex. 1-3, 5-8, or all",
+            "label": f"Enter the {axis} positions you want to process",
+            "persistentPlaceholder": True,
+            "filled": True,
+        },
+    }
+
+
+def build_interface(model_names: list[str]) -> dict:
+    """The body of `POST worker_interface?image=`: field label -> field spec."""
+    return {
+        NOTES: {"type": "notes", "value": NOTES_HTML, "displayOrder": 0},
+        BATCH_XY: _batch_field("XY", 1),
+        BATCH_Z: _batch_field("Z", 2),
+        BATCH_TIME: _batch_field("Time", 3),
+        REFINE_TAGS: {
+            "type": "tags",
+            "displayOrder": 4,
+            "tooltip": "Polygons carrying any of these tags are refined.",
+        },
+        MODEL: {
+            "type": "select",
+            "items": list(model_names),
+            "default": default_model(model_names),
+            "required": True,
+            "displayOrder": 5,
+            "tooltip": (
+                "The SAM2 model to use for refinement. Larger models may give slightly "
+                "better results, but are slower and use more memory."
+            ),
+        },
+        RESOLUTION: {
+            "type": "select",
+            "items": list(RESOLUTION_CHOICES),
+            "default": RESOLUTION_AUTO,
+            "required": True,
+            "displayOrder": 6,
+            "tooltip": (
+                "Auto: SAM2 looks at windows sized to the objects, so small cells in "
+                "large images keep their detail.\nWhole frame: one look at the whole "
+                "image; fastest, coarser for small objects."
+            ),
+        },
+        DELETE_ORIGINALS: {
+            "type": "checkbox",
+            "default": False,
+            "displayOrder": 7,
+            "tooltip": "If checked, the original annotations will be deleted after refinement.",
+        },
+        PADDING: {
+            "type": "number",
+            "min": PADDING_RANGE[0],
+            "max": PADDING_RANGE[1],
+            "default": PADDING_DEFAULT,
+            "step": 0.5,
+            "unit": "Pixels",
+            "displayOrder": 8,
+            "tooltip": "Padding will expand (or, if negative, contract) the polygon boundary.",
+        },
+        SMOOTHING: {
+            "type": "number",
+            "min": SMOOTHING_RANGE[0],
+            "max": SMOOTHING_RANGE[1],
+            "default": SMOOTHING_DEFAULT,
+            "step": 0.1,
+            "displayOrder": 9,
+            "tooltip": "Smoothing is used to simplify the polygons; a value of 0.7 is a good default.",
+        },
+    }

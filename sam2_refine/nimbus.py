@@ -1,0 +1,291 @@
+"""Everything the worker asks of the NimbusImage platform, through the `nimbusimage` SDK.
+
+Retry policy (this module owns it):
+- Reads (GET) and deletes (DELETE is idempotent on the platform: unknown ids are
+  skipped) are retried on connection errors, timeouts, 429 and 5xx answers, with
+  exponential backoff, for at most `RETRY_SECONDS` in all. (The SDK's own session
+  already retries 502/503/504 for these methods; this adds the rest.)
+- Creating (POST) is never repeated blindly. A POST is repeated at once only when the
+  connection failed before the request was sent. When its outcome is unknown (a
+  timeout or broken connection after sending, or a 502/503/504 gateway answer), the
+  server is asked first which of the documents exist, and only the missing ones are
+  sent again. Created annotations carry `MARKER_KEY` ("<job id>/<original id>") so
+  they can be found; the platform stores extra keys as given.
+- Any other error answer (400, 401, 403, 404, ...) is final.
+- Every request has a client timeout of `HTTP_TIMEOUT` seconds (girder_client sets none).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import requests
+
+from .errors import WorkerError
+from .parameters import DatasetSizes, Location
+
+MARKER_KEY = "sam2Refine"
+HTTP_TIMEOUT = float(os.environ.get("SAM2_REFINE_HTTP_TIMEOUT", "120"))
+RETRY_SECONDS = float(os.environ.get("SAM2_REFINE_RETRY_SECONDS", "60"))
+FIRST_BACKOFF = 0.25
+PAGE_SIZE = 1000
+GATEWAY_STATUSES = (502, 503, 504)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    sizes: DatasetSizes
+    width: int   # columns
+    height: int  # rows
+
+
+class OutcomeUnknown(Exception):
+    """A write was sent but its answer was lost."""
+
+
+def _status(error: Exception) -> int | None:
+    return getattr(error, "status", None)
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return True
+    status = _status(error)
+    return status is not None and (status == 429 or status >= 500)
+
+
+def _was_not_sent(error: Exception) -> bool:
+    """True when the request never reached the server (so repeating it is safe)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    if isinstance(error, requests.ConnectionError):
+        text = repr(error.args[0]) if error.args else ""
+        return "NewConnectionError" in text or "Failed to establish" in text
+    return False
+
+
+def _access_error(error: Exception) -> WorkerError | None:
+    status = _status(error)
+    if status == 401:
+        return WorkerError(
+            "The platform did not accept this job's token (HTTP 401)",
+            info="Run the tool again from the app; your session may have expired.",
+            title="Not authorized",
+        )
+    if status == 403:
+        return WorkerError(
+            "The platform refused access to this dataset (HTTP 403)",
+            info="You need write access to the dataset to refine its annotations.",
+            title="Access denied",
+        )
+    return None
+
+
+class Platform:
+    """One job's connection to the platform: the dataset, its annotations and connections."""
+
+    def __init__(self, api_url: str, token: str, dataset_id: str | None, parameters: dict):
+        from nimbusimage.worker import WorkerContext
+
+        # The SDK's worker context: its client (with the SDK's retrying session), its
+        # dataset accessors and its message lines.
+        self.context = WorkerContext(dataset_id=dataset_id, api_url=api_url, token=token, params=parameters)
+        self._girder = self.context._gc
+        self._install_timeout()
+        self.dataset_id = dataset_id
+
+    def _install_timeout(self) -> None:
+        session = self._girder._session
+        send = session.request
+
+        def request_with_timeout(method, url, **kwargs):
+            kwargs.setdefault("timeout", HTTP_TIMEOUT)
+            return send(method, url, **kwargs)
+
+        session.request = request_with_timeout
+
+    @property
+    def dataset(self):
+        return self.context.dataset
+
+    # --- retries -----------------------------------------------------------------
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """`call` repeated on transient failures, within RETRY_SECONDS; for idempotent requests."""
+        deadline = time.monotonic() + RETRY_SECONDS
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                return call()
+            except Exception as error:
+                access = _access_error(error)
+                if access is not None:
+                    raise access from error
+                if not _is_transient(error) or time.monotonic() + backoff > deadline:
+                    raise WorkerError(
+                        f"Could not {what}: {_describe(error)}",
+                        info="The platform did not answer in time; try again later.",
+                        title="Platform unavailable",
+                    ) from error
+                time.sleep(backoff)
+                backoff *= 2
+
+    def _post_once(self, path: str, body) -> object:
+        """One POST; raises OutcomeUnknown when the server may or may not have applied it."""
+        deadline = time.monotonic() + RETRY_SECONDS
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                return self._girder.post(path, json=body)
+            except Exception as error:
+                access = _access_error(error)
+                if access is not None:
+                    raise access from error
+                if _was_not_sent(error) and time.monotonic() + backoff <= deadline:
+                    time.sleep(backoff)
+                    backoff *= 2
+                    continue
+                if isinstance(error, (requests.ConnectionError, requests.Timeout)) or _status(error) in GATEWAY_STATUSES:
+                    raise OutcomeUnknown(_describe(error)) from error
+                raise
+
+    # --- interface ---------------------------------------------------------------
+
+    def post_interface(self, image: str, interface: dict) -> None:
+        try:
+            self.context.set_interface(image, interface)
+        except Exception as error:
+            raise _access_error(error) or WorkerError(
+                f"Could not save the tool's interface: {_describe(error)}",
+                info="Try refreshing the tool list in the app.",
+            ) from error
+
+    # --- reads -------------------------------------------------------------------
+
+    def frame_geometry(self) -> FrameGeometry:
+        def read() -> FrameGeometry:
+            dataset = self.dataset
+            height, width = dataset.shape
+            return FrameGeometry(
+                DatasetSizes(xy=dataset.num_xy, z=dataset.num_z, time=dataset.num_time), int(width), int(height)
+            )
+
+        return self._retrying("read the dataset", read)
+
+    def _polygon_pages(self, tags: list[str] | None) -> list[dict]:
+        query = {"datasetId": self.dataset_id, "shape": "polygon", "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
+        if tags:
+            query["tags"] = _json_list(tags)
+        documents: list[dict] = []
+        while True:
+            page = self._girder.get("upenn_annotation", parameters=query)
+            documents.extend(page)
+            if len(page) < PAGE_SIZE:
+                return documents
+            query["afterId"] = page[-1]["_id"]
+
+    def polygons(self, any_of_tags: tuple[str, ...]) -> list[dict]:
+        """Every polygon of the dataset carrying any of `any_of_tags` (all polygons if none),
+        paged with the stable `_id` cursor, each once."""
+        queries = [[tag] for tag in any_of_tags] or [None]
+        found: dict[str, dict] = {}
+        for tags in queries:
+            for document in self._retrying("list the annotations", lambda tags=tags: self._polygon_pages(tags)):
+                found.setdefault(document["_id"], document)
+        return list(found.values())
+
+    def frame_image(self, location: Location) -> np.ndarray:
+        """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32 in [0, 1]."""
+        return self._retrying(
+            f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
+            lambda: self.dataset.images.get_composite(
+                xy=location.xy, z=location.z, time=location.time, dtype="float32"
+            ),
+        )
+
+    def marked_annotations(self, job_id: str, tags: list[str]) -> dict[str, str]:
+        """original id -> created id, for the annotations this job created (found by marker)."""
+        prefix = f"{job_id}/"
+        documents = self._retrying("check what was saved", lambda: self._polygon_pages(tags or None))
+        return {
+            str(doc[MARKER_KEY])[len(prefix):]: doc["_id"]
+            for doc in documents
+            if str(doc.get(MARKER_KEY, "")).startswith(prefix)
+        }
+
+    def dataset_connections(self) -> list[dict]:
+        """Every annotation connection of the dataset, paged with the `_id` cursor."""
+
+        def read() -> list[dict]:
+            query = {"datasetId": self.dataset_id, "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
+            connections: list[dict] = []
+            while True:
+                page = self._girder.get("annotation_connection", parameters=query)
+                connections.extend(page)
+                if len(page) < PAGE_SIZE:
+                    return connections
+                query["afterId"] = page[-1]["_id"]
+
+        return self._retrying("read annotation connections", read)
+
+    # --- writes ------------------------------------------------------------------
+
+    def create_annotations(self, documents: list[dict]) -> list[dict]:
+        """POST one chunk; returns the created documents in request order."""
+        return list(self._post_once("upenn_annotation/multiple", documents))
+
+    def create_connections(self, connections: list[dict]) -> list[dict]:
+        return list(self._post_once("annotation_connection/multiple", connections))
+
+    def connect_to_nearest(self, annotation_ids: list[str], tags: list[str], channel: int | None) -> None:
+        self._post_once(
+            "annotation_connection/connectTo",
+            {"annotationsIds": annotation_ids, "tags": tags, "channelId": channel, "datasetId": self.dataset_id},
+        )
+
+    def delete_annotations(self, annotation_ids: list[str]) -> None:
+        self._retrying(
+            "delete the original annotations",
+            lambda: self._girder.sendRestRequest("DELETE", "upenn_annotation/multiple", json=annotation_ids),
+        )
+
+    def delete_connections(self, connection_ids: list[str]) -> None:
+        self._retrying(
+            "delete connections",
+            lambda: self._girder.sendRestRequest("DELETE", "annotation_connection/multiple", json=connection_ids),
+        )
+
+
+def _json_list(values: list[str]) -> str:
+    import json
+
+    return json.dumps(list(values))
+
+
+def _describe(error: Exception) -> str:
+    status = _status(error)
+    if status is not None:
+        return f"HTTP {status} from {getattr(error, 'method', '')} {_path_of(getattr(error, 'url', ''))}".strip()
+    if isinstance(error, requests.Timeout):
+        return "no answer within the time limit"
+    if isinstance(error, requests.ConnectionError):
+        return "the connection failed"
+    return f"{type(error).__name__}: {error}"
+
+
+def _path_of(url: str) -> str:
+    """The URL's path only: never echo query strings, which may carry credentials."""
+    return urllib.parse.urlsplit(url).path
+
+
+def iter_chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,116 @@
+"""Where SAM2 looks: the windows of a frame that the encoder sees.
+
+SAM2 resizes every input to 1024 x 1024 and predicts 256 x 256 low-resolution masks, so
+an object's outline is only as fine as the low-resolution pixels that cover it.
+
+`Whole frame`: one window, the frame (one encoder run per frame).
+`Auto`: windows only where there are objects. An object whose box has longer side L
+(image pixels) may sit in a window of side at most 16·L, so that its box spans at least
+16 low-resolution pixels (256·L / side >= 16); sides come from a ladder 64·√2^k so that
+similar objects share a size, and never drop below 64 pixels. Windows are placed
+greedily from the top-left object down: a new window starts at an unplaced object's
+box (less its margin) and takes in every unplaced object whose box plus margin fits
+inside it and whose own limit allows that side. An object too large for that limit
+gets a window just big enough for it, which SAM2 then downscales. A frame narrower than
+a window's side limits the window to the frame along that axis; SAM2 stretches such a
+non-square window to its square input, which only adds detail along the short side.
+
+Cost: one encoder run per window. Dense small objects in a large frame need many
+windows (e.g. 24-pixel cells: 362-pixel windows, up to about 45 for a 2048² frame
+covered edge to edge).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .model import Window
+
+MIN_LOW_RES_SPAN = 16  # low-resolution mask pixels an object's box should span
+LOW_RES_SIZE = 256     # SAM2's low-resolution mask side
+MIN_WINDOW_SIDE = 64
+MIN_MARGIN = 8.0       # image pixels
+MARGIN_FRACTION = 0.25 # of the box's longer side
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in image pixels (continuous platform coordinates)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def longer_side(self) -> float:
+        return max(self.x1 - self.x0, self.y1 - self.y0)
+
+
+def margin_for(box: Box) -> float:
+    """How far beyond its box an object's refined mask may reach, in image pixels."""
+    return max(MIN_MARGIN, MARGIN_FRACTION * box.longer_side)
+
+
+def search_area(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box plus its margin, rounded out to whole pixels and clipped to the frame:
+    (col0, row0, col1, row1), end-exclusive, image frame."""
+    margin = margin_for(box)
+    return (
+        max(0, math.floor(box.x0 - margin)),
+        max(0, math.floor(box.y0 - margin)),
+        min(width, math.ceil(box.x1 + margin)),
+        min(height, math.ceil(box.y1 + margin)),
+    )
+
+
+def side_limit(box: Box) -> int:
+    """The largest window side at which `box` spans MIN_LOW_RES_SPAN low-res pixels, on the ladder."""
+    largest = LOW_RES_SIZE * box.longer_side / MIN_LOW_RES_SPAN
+    if largest <= MIN_WINDOW_SIDE:
+        return MIN_WINDOW_SIDE
+    steps = math.floor(2 * math.log2(largest / MIN_WINDOW_SIDE) + 1e-9)
+    return int(MIN_WINDOW_SIDE * 2 ** (steps / 2))
+
+
+def _place(start: int, side: int, extent: int) -> tuple[int, int]:
+    """A span of `side` pixels starting at `start`, moved back inside [0, extent)."""
+    side = min(side, extent)
+    start = min(max(0, start), extent - side)
+    return start, side
+
+
+def _fits(area: tuple[int, int, int, int], window: Window) -> bool:
+    col0, row0, col1, row1 = area
+    return (
+        window.left <= col0 and col1 <= window.left + window.width
+        and window.top <= row0 and row1 <= window.top + window.height
+    )
+
+
+def whole_frame(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
+    return [(Window(0, 0, width, height), list(range(len(boxes))))] if boxes else []
+
+
+def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
+    """Windows covering every box with its margin, each listed with the boxes it holds."""
+    areas = [search_area(b, width, height) for b in boxes]
+    limits = [side_limit(b) for b in boxes]
+    unplaced = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
+    windows: list[tuple[Window, list[int]]] = []
+    while unplaced:
+        first = unplaced[0]
+        col0, row0, col1, row1 = areas[first]
+        side = max(limits[first], col1 - col0, row1 - row0)
+        left, window_width = _place(col0, side, width)
+        top, window_height = _place(row0, side, height)
+        window = Window(left, top, window_width, window_height)
+        members = [
+            i for i in unplaced
+            if i == first or (limits[i] >= side and _fits(areas[i], window))
+        ]
+        windows.append((window, members))
+        taken = set(members)
+        unplaced = [i for i in unplaced if i not in taken]
+    return windows

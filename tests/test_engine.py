@@ -1,0 +1,152 @@
+"""The engine through both resolution modes, with an oracle that knows the true masks."""
+
+import numpy as np
+import pytest
+
+from sam2_refine import engine, tiling
+from sam2_refine.engine import RefineSettings, refine_frame, resize_region
+from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
+from tests.oracle import Disk, OraclePredictor, Rect
+
+WIDTH, HEIGHT = 3000, 1800  # non-square, larger than one native window
+
+
+def iou(polygon, truth_mask):
+    """IoU between a polygon and a pixel mask, counting pixels by their centres."""
+    from shapely import contains_xy
+
+    rows, cols = np.nonzero(truth_mask)
+    x0, y0, x1, y1 = polygon.bounds
+    r0, r1 = int(min(rows.min(), y0)), int(max(rows.max() + 1, y1)) + 1
+    c0, c1 = int(min(cols.min(), x0)), int(max(cols.max() + 1, x1)) + 1
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    inside = contains_xy(polygon, cc + 0.5, rr + 0.5)
+    truth = truth_mask[r0:r1, c0:c1] if truth_mask.shape[0] >= r1 and truth_mask.shape[1] >= c1 else np.pad(
+        truth_mask, ((0, max(0, r1 - truth_mask.shape[0])), (0, max(0, c1 - truth_mask.shape[1]))))[r0:r1, c0:c1]
+    return (inside & truth).sum() / (inside | truth).sum()
+
+
+def scene():
+    """Cells of several sizes, some on the frame's edges and at native-window borders."""
+    shapes = [
+        Disk(40, 40, 12), Disk(1020, 500, 14), Disk(1030, 530, 11),  # neighbours sharing a window
+        Disk(2990, 900, 15),                                       # cut by the right edge
+        Rect(1500, 1780, 1540, 1800),                               # on the bottom edge
+        Disk(700, 1200, 60), Rect(2000, 200, 2300, 420),            # large objects
+        Disk(1024, 1024, 20), Disk(2047, 1023, 18),                 # across 1024-px boundaries
+    ]
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        shapes.append(Disk(float(rng.uniform(50, WIDTH - 50)), float(rng.uniform(50, HEIGHT - 50)), float(rng.uniform(10, 30))))
+    return shapes
+
+
+def check_refined(shapes, outcomes, minimum_iou):
+    for shape, outcome in zip(shapes, outcomes):
+        assert outcome.polygon is not None, (shape, outcome.reason)
+        assert outcome.polygon.is_valid
+        truth = shape.mask(HEIGHT, WIDTH)
+        assert iou(outcome.polygon, truth) >= minimum_iou, shape
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return np.zeros((HEIGHT, WIDTH, 3), np.float32)
+
+
+def test_auto_windows_reproduce_the_true_outlines(frame):
+    shapes = scene()
+    oracle = OraclePredictor(shapes)
+    outcomes = refine_frame(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_AUTO))
+    check_refined(shapes, outcomes, 0.98)
+    assert 1 < len(oracle.windows) < len(shapes)  # neighbours share windows
+
+
+def test_whole_frame_uses_one_window_and_keeps_large_objects_exact(frame):
+    shapes = [Disk(700, 1200, 60), Rect(2000, 200, 2300, 420), Disk(2950, 900, 80)]
+    oracle = OraclePredictor(shapes)
+    outcomes = refine_frame(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
+    assert oracle.windows == [engine.Window(0, 0, WIDTH, HEIGHT)]
+    check_refined(shapes, outcomes, 0.98)
+
+
+def test_auto_resolves_small_cells_that_whole_frame_blurs(frame):
+    shapes = [Disk(500 + 60 * i, 700, 9) for i in range(5)]
+    rough = [s.rough_outline() for s in shapes]
+    auto = refine_frame(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_AUTO))
+    whole = refine_frame(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
+    truths = [s.mask(HEIGHT, WIDTH) for s in shapes]
+    assert min(iou(o.polygon, t) for o, t in zip(auto, truths)) >= 0.95
+    assert np.mean([iou(o.polygon, t) if o.polygon else 0 for o, t in zip(whole, truths)]) < 0.9
+
+
+def test_every_object_lies_inside_its_window_with_margin():
+    rng = np.random.default_rng(3)
+    boxes = []
+    for _ in range(200):
+        x, y, size = rng.uniform(0, 4000), rng.uniform(0, 2500), rng.uniform(4, 400)
+        boxes.append(tiling.Box(x, y, min(x + size, 4096), min(y + size * 0.7, 2600)))
+    placed = tiling.auto_windows(boxes, 4096, 2600)
+    members = sorted(i for _, group in placed for i in group)
+    assert members == list(range(len(boxes)))
+    for window, group in placed:
+        assert 0 <= window.left and window.left + window.width <= 4096
+        assert 0 <= window.top and window.top + window.height <= 2600
+        for i in group:
+            col0, row0, col1, row1 = tiling.search_area(boxes[i], 4096, 2600)
+            assert window.left <= col0 and col1 <= window.left + window.width
+            assert window.top <= row0 and row1 <= window.top + window.height
+            span = boxes[i].longer_side * 256 / max(window.width, window.height)
+            too_large = max(col1 - col0, row1 - row0) > tiling.side_limit(boxes[i])
+            assert span >= 16 or too_large or max(window.width, window.height) == tiling.MIN_WINDOW_SIDE
+
+
+def test_masks_are_cut_to_the_search_area_so_neighbours_are_not_swallowed(frame):
+    big = Rect(100, 100, 400, 400)  # the oracle answers every prompt with this object
+    small_box = Rect(500, 150, 520, 170)
+    oracle = OraclePredictor([big])
+    outcome = refine_frame(oracle, frame, [small_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    col0, row0, col1, row1 = tiling.search_area(tiling.Box(500, 150, 520, 170), WIDTH, HEIGHT)
+    assert outcome.polygon is None or outcome.polygon.within(
+        __import__("shapely.geometry", fromlist=["box"]).box(col0, row0, col1, row1))
+
+
+@pytest.mark.parametrize(
+    ("coordinates", "reason"),
+    [
+        ([{"x": 1, "y": 1}, {"x": 5, "y": 5}], engine.DEGENERATE),
+        ([{"x": 1, "y": 1}, {"x": 5, "y": 1}, {"x": 9, "y": 1}], engine.DEGENERATE),
+        ([{"x": -50, "y": -50}, {"x": -10, "y": -50}, {"x": -10, "y": -10}], engine.OUTSIDE),
+    ],
+)
+def test_originals_that_cannot_prompt_get_a_reason(frame, coordinates, reason):
+    outcome = refine_frame(OraclePredictor([Disk(10, 10, 5)]), frame, [coordinates], RefineSettings(0, 0, RESOLUTION_AUTO))
+    assert outcome == [engine.Outcome(None, reason)]
+
+
+def test_self_intersecting_original_is_refined_from_its_box(frame):
+    bowtie = [{"x": 200, "y": 200}, {"x": 260, "y": 260}, {"x": 260, "y": 200}, {"x": 200, "y": 260}]
+    shape = Disk(230, 230, 25)
+    outcome = refine_frame(OraclePredictor([shape]), frame, [bowtie], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    assert iou(outcome.polygon, shape.mask(HEIGHT, WIDTH)) >= 0.98
+
+
+def test_empty_mask_and_vanishing_padding_are_reported(frame):
+    far = Disk(2900, 1700, 10)  # the oracle's only object, far from the prompt
+    outcome = refine_frame(OraclePredictor([far]), frame, [Rect(100, 100, 130, 130).rough_outline(0)],
+                           RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    assert outcome.reason == engine.EMPTY_MASK
+    tiny = Rect(100, 100, 104, 104)
+    outcome = refine_frame(OraclePredictor([tiny]), frame, [tiny.rough_outline(1)], RefineSettings(0, -5, RESOLUTION_AUTO))[0]
+    assert outcome.reason == engine.VANISHED
+
+
+def test_region_upsampling_matches_torch_interpolate_on_the_whole_window():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    low_res = rng.normal(size=(256, 256)).astype(np.float32)
+    full = torch.nn.functional.interpolate(
+        torch.from_numpy(low_res)[None, None], (700, 1300), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    region = (37, 5, 1300, 411)  # col0, row0, col1, row1
+    np.testing.assert_allclose(resize_region(low_res, 700, 1300, region), full[5:411, 37:1300], atol=1e-4)
