@@ -47,7 +47,7 @@ class Reporter:
         if percent == self._last_percent and not force:
             return
         self._last_percent = percent
-        self._context.progress(fraction, self.TITLE, self._redact.line(info))
+        self._context.progress(round(fraction, 4), self.TITLE, self._redact.line(info))
 
     def warning(self, message: str, info: str | None = None) -> None:
         self._context.warning(self._redact.line(message), info=self._redact.line(info))

@@ -1,0 +1,36 @@
+# Every target works on a fresh clone with only the package registries.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The machine-wide pip constraint some hosts carry caps torch below our pin; ignore it.
+export PIP_CONSTRAINT := /dev/null
+# sam2's CUDA extension only fills small mask holes; the worker does not need it.
+export SAM2_BUILD_CUDA := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: test demo bench docs weights clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) demo/run_demo.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+docs: $(STAMP)
+	$(PY) scripts/generate_docs.py
+
+weights: $(STAMP)
+	$(PY) scripts/download_weights.py checkpoints
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

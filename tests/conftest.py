@@ -1,0 +1,137 @@
+"""Fixtures that run the worker as the platform does: a subprocess, real HTTP, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nimbus_server import NimbusServer
+from tests.oracle import Disk, Rect, shapes_to_json
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "annotations/sam2_refine_worker:latest"
+TINY = "sam2.1_hiera_tiny.pt"
+FRAME_HEIGHT, FRAME_WIDTH = 240, 320
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory) -> Path:
+    """A random-init sam2.1 tiny checkpoint in the official format (real code, meaningless masks)."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    directory = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    torch.save({"model": model.state_dict()}, directory / TINY)
+    return directory
+
+
+@pytest.fixture
+def oracle_checkpoint_dir(tmp_path) -> Path:
+    """A checkpoint directory for runs whose predictor is the oracle (the file is never read)."""
+    directory = tmp_path / "oracle-models"
+    directory.mkdir()
+    (directory / TINY).write_bytes(b"oracle")
+    return directory
+
+
+@pytest.fixture
+def server():
+    with NimbusServer(token="test-token-5f3a9c") as running:
+        yield running
+
+
+def frames(xy=1, z=2, time=2, channels=2) -> np.ndarray:
+    """(XY, Z, T, C, H, W) uint16 frames with a little structure."""
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 4000, size=(xy, z, time, channels, FRAME_HEIGHT, FRAME_WIDTH), dtype=np.uint16)
+
+
+@dataclass
+class WorkerRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def messages(self) -> list[dict]:
+        lines = []
+        for line in self.stdout.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                lines.append(value)
+        return lines
+
+    @property
+    def errors(self) -> list[dict]:
+        return [m for m in self.messages if m.get("error")]
+
+    @property
+    def warnings(self) -> list[dict]:
+        return [m for m in self.messages if m.get("warning")]
+
+    @property
+    def progress(self) -> list[dict]:
+        return [m for m in self.messages if "progress" in m and not m.get("error")]
+
+
+def compute_parameters(dataset_id: str, **interface_values) -> dict:
+    values = {
+        "SAM2 Refiner": "", "Batch XY": "", "Batch Z": "", "Batch Time": "",
+        "Tag of objects to refine": ["rough"], "Model": TINY, "Delete original annotations": False,
+        "Padding": 0, "Smoothing": 0,
+    }
+    values.update(interface_values)
+    return {
+        "datasetId": dataset_id, "type": "segmentation", "id": "tool-1", "name": "SAM2 Refiner",
+        "image": IMAGE, "channel": 1, "assignment": {"XY": 0, "Z": 1, "Time": 0},
+        "tile": {"XY": 0, "Z": 1, "Time": 0}, "tags": ["refined"],
+        "connectTo": {"tags": [], "layer": None, "channel": None},
+        "workerInterface": values, "scales": {},
+    }
+
+
+def run_worker(
+    server: NimbusServer,
+    request: str,
+    parameters: dict,
+    checkpoint_dir: Path,
+    dataset_id: str | None = None,
+    token: str | None = None,
+    extra_env: dict | None = None,
+    timeout: float = 600,
+) -> WorkerRun:
+    command = [
+        sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", token or server.token,
+        "--request", request, "--parameters", json.dumps(parameters),
+    ]
+    if dataset_id is not None:
+        command += ["--datasetId", dataset_id]
+    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(checkpoint_dir), "PYTHONUNBUFFERED": "1"}
+    env.update(extra_env or {})
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    return WorkerRun(completed.returncode, completed.stdout, completed.stderr)
+
+
+def oracle_env(tmp_path: Path, shapes) -> dict:
+    path = tmp_path / "oracle-shapes.json"
+    path.write_text(shapes_to_json(shapes))
+    return {"SAM2_REFINE_PREDICTOR": "tests.oracle:from_environment", "ORACLE_SHAPES": str(path)}
+
+
+def cells() -> list:
+    """Known objects of the test frame, in image coordinates."""
+    return [Disk(60, 60, 18), Disk(150, 70, 14), Rect(200, 140, 260, 200), Disk(90, 170, 22)]
+
+
