@@ -1,0 +1,206 @@
+"""Nothing lost, nothing duplicated: write-back under injected platform failures.
+
+Every scenario runs the worker as a subprocess against the embedded server and checks
+the invariants: every original still exists unless its refined counterpart does, no
+original has two refined counterparts, and the counts reported match the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from sam2_refine.nimbus import MARKER_KEY
+from tests.conftest import REPO, cells, compute_parameters, frames, oracle_env, run_worker
+
+FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "2"}
+TAG = "rough"
+
+
+def seed(server):
+    dataset_id = server.add_dataset(frames(z=2, time=1))
+    originals = [
+        server.add_annotation(dataset_id, shape.rough_outline(), tags=[TAG], location={"XY": 0, "Z": 1, "Time": 0})
+        for shape in cells()
+    ]
+    return dataset_id, originals
+
+
+def replacing(dataset_id, **values):
+    return compute_parameters(dataset_id, **{"Delete original annotations": True, **values})
+
+
+def refined_by_source(server, dataset_id) -> Counter:
+    return Counter(a[MARKER_KEY].split("/", 1)[1] for a in server.annotations(dataset_id) if MARKER_KEY in a)
+
+
+def check_nothing_lost(server, dataset_id, originals):
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    refined = refined_by_source(server, dataset_id)
+    for original in originals:
+        assert original in present or refined[original] == 1, f"original {original} lost"
+    assert all(count == 1 for count in refined.values()), f"duplicates: {refined}"
+    return refined
+
+
+@pytest.fixture
+def worker(server, oracle_checkpoint_dir, tmp_path):
+    def run(parameters, dataset_id, **kwargs):
+        env = {**oracle_env(tmp_path, cells()), **kwargs.pop("extra_env", {})}
+        result = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=env, **kwargs)
+        assert server.token not in result.stdout + result.stderr
+        return result
+
+    return run
+
+
+def test_replacing_deletes_only_after_the_refined_polygons_are_saved(server, worker):
+    dataset_id, originals = seed(server)
+    run = worker(replacing(dataset_id), dataset_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    refined = check_nothing_lost(server, dataset_id, originals)
+    assert set(refined) == set(originals)
+    assert not {a["_id"] for a in server.annotations(dataset_id)} & set(originals)
+    methods = [(m, p) for m, p, *_ in server.request_log if m in ("POST", "DELETE")]
+    assert methods.index(("POST", "upenn_annotation/multiple")) < methods.index(("DELETE", "upenn_annotation/multiple"))
+    assert f"replaced {len(originals)} originals" in run.progress[-1]["info"]
+
+
+def test_upload_that_always_fails_deletes_nothing(server, worker):
+    dataset_id, originals = seed(server)
+    server.inject_fault("POST", r"^upenn_annotation/multiple$", status=500)
+    run = worker(replacing(dataset_id), dataset_id, extra_env=FAST_FAILURE)
+    assert run.returncode == 1
+    assert [a["_id"] for a in server.annotations(dataset_id)] == originals
+    assert "Nothing was deleted" in run.errors[-1]["info"]
+    assert not any(m == "DELETE" for m, *_ in server.request_log)
+
+
+def test_gateway_errors_on_every_upload_end_in_an_error_not_a_loop(server, worker):
+    dataset_id, originals = seed(server)
+    server.inject_fault("POST", r"^upenn_annotation/multiple$", status=503)
+    run = worker(replacing(dataset_id), dataset_id, extra_env=FAST_FAILURE)
+    assert run.returncode == 1
+    assert [a["_id"] for a in server.annotations(dataset_id)] == originals
+    assert run.errors
+
+
+def test_upload_failing_once_with_502_is_retried_without_duplicates(server, worker):
+    dataset_id, originals = seed(server)
+    fault = server.inject_fault("POST", r"^upenn_annotation/multiple$", status=502, times=1)
+    run = worker(replacing(dataset_id), dataset_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert fault.hits == 1
+    assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
+
+
+def test_upload_applied_but_answered_502_is_not_sent_twice(server, worker):
+    dataset_id, originals = seed(server)
+    server.inject_fault("POST", r"^upenn_annotation/multiple$", status=502, times=1, after_apply=True)
+    run = worker(replacing(dataset_id), dataset_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
+    posts = [s for m, p, _, s in server.request_log if (m, p) == ("POST", "upenn_annotation/multiple")]
+    assert posts == [502]  # found on the server, so never re-sent
+
+
+def test_upload_hanging_past_the_client_timeout_is_checked_then_resent(server, worker):
+    dataset_id, originals = seed(server)
+    server.inject_fault("POST", r"^upenn_annotation/multiple$", status=504, delay=3.0, times=1)
+    run = worker(replacing(dataset_id), dataset_id, extra_env={"SAM2_REFINE_HTTP_TIMEOUT": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
+
+
+def test_failed_delete_keeps_both_versions_and_says_how_to_find_them(server, worker):
+    dataset_id, originals = seed(server)
+    server.inject_fault("DELETE", r"^upenn_annotation/multiple$", status=500)
+    run = worker(replacing(dataset_id), dataset_id, extra_env=FAST_FAILURE)
+    assert run.returncode == 0, run.stdout + run.stderr
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    assert set(originals) <= present
+    assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
+    warning = next(w for w in run.warnings if "kept" in w["warning"])
+    assert "refined" in warning["info"] and TAG in warning["info"]
+
+
+def test_killed_during_upload_leaves_both_versions_never_neither(server, oracle_checkpoint_dir, tmp_path):
+    dataset_id, originals = seed(server)
+    fault = server.inject_fault("POST", r"^upenn_annotation/multiple$", delay=2.0, times=1)
+    import json
+
+    command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
+               "--request", "compute", "--parameters", json.dumps(replacing(dataset_id)), "--datasetId", dataset_id]
+    env = {**os.environ, **oracle_env(tmp_path, cells()), "SAM2_CHECKPOINT_DIR": str(oracle_checkpoint_dir)}
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while fault.hits == 0 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling for the upload to be in flight
+    assert fault.hits == 1, "the upload never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while not refined_by_source(server, dataset_id) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the server to finish the delayed upload
+    refined = check_nothing_lost(server, dataset_id, originals)
+    assert set(refined) == set(originals)
+    assert {a["_id"] for a in server.annotations(dataset_id)} >= set(originals)
+
+
+def test_connections_of_replaced_originals_move_to_their_refined_versions(server, worker):
+    dataset_id, originals = seed(server)
+    parent = server.add_annotation(dataset_id, [(0, 0), (320, 0), (320, 240)], tags=["field"],
+                                   location={"XY": 0, "Z": 1, "Time": 0})
+    server.add_connection(dataset_id, parent, originals[0], tags=["lineage"], label="manual")
+    server.add_connection(dataset_id, originals[1], originals[2], tags=["pair"])
+    run = worker(replacing(dataset_id), dataset_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    refined = {a[MARKER_KEY].split("/", 1)[1]: a["_id"] for a in server.annotations(dataset_id) if MARKER_KEY in a}
+    links = {(c["parentId"], c["childId"], tuple(c["tags"])) for c in server.connections(dataset_id)}
+    assert links == {
+        (parent, refined[originals[0]], ("lineage",)),
+        (refined[originals[1]], refined[originals[2]], ("pair",)),
+    }
+
+
+def test_wrong_token_writes_nothing_and_says_so(server, worker):
+    dataset_id, originals = seed(server)
+    run = worker(replacing(dataset_id), dataset_id, token="not-the-token")
+    assert run.returncode == 1
+    assert "token" in run.errors[0]["error"]
+    assert "not-the-token" not in run.stdout + run.stderr
+    assert [a["_id"] for a in server.annotations(dataset_id)] == originals
+
+
+def test_empty_selection_warns_and_writes_nothing(server, worker):
+    dataset_id, originals = seed(server)
+    run = worker(replacing(dataset_id, **{"Tag of objects to refine": ["absent"]}), dataset_id)
+    assert run.returncode == 0
+    assert "Nothing to refine" in run.warnings[0]["warning"]
+    assert [a["_id"] for a in server.annotations(dataset_id)] == originals
+
+
+def test_delete_with_no_tag_chosen_is_refused(server, worker):
+    dataset_id, originals = seed(server)
+    run = worker(replacing(dataset_id, **{"Tag of objects to refine": []}), dataset_id)
+    assert run.returncode == 2
+    assert "Choose the tag of the objects to refine" in run.errors[0]["info"]
+    assert [a["_id"] for a in server.annotations(dataset_id)] == originals
+
+
+def test_skipped_objects_are_summarised_by_reason(server, worker):
+    dataset_id, originals = seed(server)
+    location = {"XY": 0, "Z": 1, "Time": 0}
+    server.add_annotation(dataset_id, [(1, 1), (9, 9)], tags=[TAG], location=location)
+    server.add_annotation(dataset_id, [(1, 1), (5, 1), (9, 1)], tags=[TAG], location=location)
+    server.add_annotation(dataset_id, [(-90, -90), (-50, -90), (-50, -50)], tags=[TAG], location=location)
+    run = worker(compute_parameters(dataset_id), dataset_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [w["warning"] for w in run.warnings] == ["2 objects skipped: degenerate prompt", "1 object skipped: outside the image"]
+    assert run.progress[-1]["info"] == "Refined 4 of 7; 3 skipped: 2 degenerate prompts, 1 outside the image"
