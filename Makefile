@@ -10,7 +10,9 @@ export PIP_CONSTRAINT := /dev/null
 export SAM2_BUILD_CUDA := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test demo bench docs weights clean
+.PHONY: test demo bench docs docs-check weights image image-test clean
+
+SAM2_CHECKPOINTS ?= tiny small base_plus large
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +31,18 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) scripts/generate_docs.py
 
+docs-check: $(STAMP)
+	$(PY) scripts/generate_docs.py --check
+
+# Official SAM2.1 checkpoints into ./checkpoints, each verified by loading it (needs internet).
 weights: $(STAMP)
-	$(PY) scripts/download_weights.py checkpoints
+	$(PY) scripts/download_weights.py --models "$(SAM2_CHECKPOINTS)" checkpoints
+
+image:
+	./build_workers.sh sam2_refine
+
+image-test:
+	./build_workers.sh --build-and-run-tests sam2_refine
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

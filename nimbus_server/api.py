@@ -1,0 +1,277 @@
+"""The REST routes (PLATFORM.md §4): parameter parsing in front of the store."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nimbus_server.errors import ApiError, validation_error
+from nimbus_server.schema import parse_object_id
+from nimbus_server.store import AnnotationQuery, Paging, Store
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # relative to /api/v1, without surrounding slashes
+    query: dict[str, str]
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8") or "null")
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "Invalid JSON passed in request body.") from None
+
+    def json_list(self) -> list:
+        body = self.json()
+        if not isinstance(body, list):
+            raise ApiError(400, "The request body must be a JSON list.")
+        return body
+
+    def json_object(self) -> dict:
+        body = self.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return body
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def of_json(cls, payload: Any, status: int = 200) -> "Response":
+        return cls(status, json.dumps(payload).encode("utf-8"))
+
+    @classmethod
+    def of_error(cls, error: ApiError) -> "Response":
+        return cls.of_json(error.payload(), error.status)
+
+
+def _required(query: dict[str, str], name: str) -> str:
+    if name not in query:
+        raise ApiError(400, f'Parameter "{name}" is required.')
+    return query[name]
+
+
+def _integer(query: dict[str, str], name: str, default: int) -> int:
+    if name not in query:
+        return default
+    try:
+        return int(query[name])
+    except ValueError:
+        raise ApiError(400, f"Invalid value for integer parameter {name}: {query[name]}.") from None
+
+
+def _boolean(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "false").lower() in ("true", "1", "yes", "on")
+
+
+def _json_array(query: dict[str, str], name: str) -> list | None:
+    if name not in query:
+        return None
+    try:
+        value = json.loads(query[name])
+    except ValueError:
+        raise ApiError(400, f"Parameter {name} must be valid JSON.") from None
+    if not isinstance(value, list):
+        raise ApiError(400, f"Parameter {name} must be a JSON array.")
+    return value
+
+
+def _paging(query: dict[str, str], default_sort: str = "_id") -> Paging:
+    offset = _integer(query, "offset", 0)
+    if offset < 0:
+        raise ApiError(400, "Parameter offset must not be negative.")
+    after_id = query.get("afterId")
+    return Paging(
+        limit=abs(_integer(query, "limit", 50)),
+        offset=offset,
+        sort=query.get("sort") or default_sort,
+        sortdir=_integer(query, "sortdir", 1),
+        after_id=parse_object_id(after_id) if after_id else None,
+    )
+
+
+def _annotation_query(query: dict[str, str]) -> AnnotationQuery:
+    return AnnotationQuery(
+        dataset_id=parse_object_id(_required(query, "datasetId")),
+        shape=query.get("shape") or None,
+        tags=_json_array(query, "tags"),
+    )
+
+
+_ID = r"(?P<id>[^/]+)"
+# (method, path pattern, Api method name); the first match wins.
+ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "user/me", "user_me"),
+    ("GET", f"folder/{_ID}", "get_folder"),
+    ("GET", "item", "list_items"),
+    ("GET", f"item/{_ID}", "get_item"),
+    ("GET", f"item/{_ID}/tiles", "tiles"),
+    ("GET", f"item/{_ID}/tiles/region", "region"),
+    ("GET", f"item/{_ID}/tiles/histogram", "histogram"),
+    ("GET", "dataset_view", "list_views"),
+    ("GET", f"upenn_collection/{_ID}", "get_configuration"),
+    ("GET", "upenn_annotation", "list_annotations"),
+    ("GET", "upenn_annotation/count", "count_annotations"),
+    ("POST", "upenn_annotation", "create_annotation"),
+    ("POST", "upenn_annotation/multiple", "create_annotations"),
+    ("PUT", "upenn_annotation/multiple", "update_annotations"),
+    ("DELETE", "upenn_annotation/multiple", "delete_annotations"),
+    ("POST", "upenn_annotation/hydrate", "hydrate"),
+    ("GET", f"upenn_annotation/{_ID}", "get_annotation"),
+    ("PUT", f"upenn_annotation/{_ID}", "update_annotation"),
+    ("DELETE", f"upenn_annotation/{_ID}", "delete_annotation"),
+    ("GET", "annotation_connection", "list_connections"),
+    ("POST", "annotation_connection", "create_connection"),
+    ("POST", "annotation_connection/multiple", "create_connections"),
+    ("DELETE", "annotation_connection/multiple", "delete_connections"),
+    ("POST", "annotation_connection/connectTo", "connect_to"),
+    ("GET", f"annotation_connection/{_ID}", "get_connection"),
+    ("DELETE", f"annotation_connection/{_ID}", "delete_connection"),
+    ("POST", "worker_interface", "set_interface"),
+    ("GET", "worker_interface", "get_interface"),
+]
+_COMPILED = [(method, re.compile(pattern), name) for method, pattern, name in ROUTES]
+
+
+class Api:
+    """Answers one authenticated request."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def handle(self, request: Request) -> Response:
+        handler = self._route(request)
+        result = handler(request)
+        return result if isinstance(result, Response) else Response.of_json(result)
+
+    def _route(self, request: Request) -> Callable[[Request], Any]:
+        for method, pattern, name in _COMPILED:
+            match = pattern.fullmatch(request.path)
+            if match and method == request.method:
+                request.params = match.groupdict()
+                return getattr(self, name)
+        raise ApiError(404, f'No matching route for "{request.method} {request.path}"')
+
+    @staticmethod
+    def _id(request: Request) -> str:
+        return parse_object_id(request.params["id"])
+
+    # --- user, folders, items, images ---------------------------------------
+
+    def user_me(self, request: Request) -> dict:
+        return dict(self.store.user)
+
+    def get_folder(self, request: Request) -> dict:
+        return self.store.get_folder(self._id(request))
+
+    def list_items(self, request: Request) -> list[dict]:
+        folder_id = parse_object_id(_required(request.query, "folderId"))
+        return self.store.list_items(folder_id, _paging(request.query, default_sort="lowerName"))
+
+    def get_item(self, request: Request) -> dict:
+        return self.store.get_item(self._id(request))
+
+    def tiles(self, request: Request) -> dict:
+        return self.store.image(self._id(request)).tiles_metadata()
+
+    def region(self, request: Request) -> Response:
+        region = self.store.image(self._id(request)).region(request.query)
+        return Response(200, region.content, region.content_type)
+
+    def histogram(self, request: Request) -> list[dict]:
+        return self.store.image(self._id(request)).histogram(request.query)
+
+    def list_views(self, request: Request) -> list[dict]:
+        dataset_id = request.query.get("datasetId")
+        return self.store.list_views(
+            parse_object_id(dataset_id) if dataset_id else None,
+            _boolean(request.query, "currentUserOnly"),
+            _paging(request.query),
+        )
+
+    def get_configuration(self, request: Request) -> dict:
+        return self.store.get_configuration(self._id(request))
+
+    # --- annotations --------------------------------------------------------
+
+    def list_annotations(self, request: Request) -> list[dict]:
+        return self.store.list_annotations(_annotation_query(request.query), _paging(request.query))
+
+    def count_annotations(self, request: Request) -> dict:
+        return {"count": self.store.count_annotations(_annotation_query(request.query))}
+
+    def get_annotation(self, request: Request) -> dict:
+        return self.store.get_annotation(self._id(request))
+
+    def hydrate(self, request: Request) -> list[dict]:
+        ids = request.json_list()
+        if not all(isinstance(value, str) for value in ids):
+            raise validation_error("Annotation ids must be strings.")
+        return self.store.hydrate([parse_object_id(value) for value in ids])
+
+    def create_annotation(self, request: Request) -> dict:
+        return self.store.create_annotation(request.json())
+
+    def create_annotations(self, request: Request) -> list[dict]:
+        return self.store.create_annotations(request.json_list())
+
+    def update_annotation(self, request: Request) -> None:
+        self.store.update_annotation(self._id(request), request.json())
+
+    def update_annotations(self, request: Request) -> None:
+        self.store.update_annotations(request.json_list())
+
+    def delete_annotation(self, request: Request) -> None:
+        self.store.delete_annotation(self._id(request))
+
+    def delete_annotations(self, request: Request) -> None:
+        self.store.delete_annotations(request.json_list())
+
+    # --- connections --------------------------------------------------------
+
+    def list_connections(self, request: Request) -> list[dict]:
+        query = request.query
+        filters = {"datasetId": parse_object_id(_required(query, "datasetId"))}
+        for key in ("parentId", "childId", "nodeAnnotationId"):
+            if query.get(key):
+                filters[key] = parse_object_id(query[key])
+        return self.store.list_connections(filters, _paging(query))
+
+    def create_connection(self, request: Request) -> dict:
+        return self.store.create_connection(request.json())
+
+    def create_connections(self, request: Request) -> list[dict]:
+        return self.store.create_connections(request.json_list())
+
+    def connect_to(self, request: Request) -> list[dict]:
+        body = request.json_object()
+        missing = [key for key in ("annotationsIds", "tags", "channelId") if key not in body]
+        if missing:
+            raise ApiError(500, f"KeyError: {missing[0]!r}", "internal")
+        return self.store.connect_to_nearest(body)
+
+    def get_connection(self, request: Request) -> dict:
+        return self.store.get_connection(self._id(request))
+
+    def delete_connection(self, request: Request) -> None:
+        self.store.delete_connection(self._id(request))
+
+    def delete_connections(self, request: Request) -> None:
+        self.store.delete_connections(request.json_list())
+
+    # --- worker interfaces --------------------------------------------------
+
+    def set_interface(self, request: Request) -> dict:
+        return self.store.set_interface(_required(request.query, "image"), request.json_object())
+
+    def get_interface(self, request: Request) -> dict | None:
+        return self.store.get_interface(_required(request.query, "image"))

@@ -1,0 +1,309 @@
+"""NimbusServer: the platform double on a local port, with fault injection."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+
+from nimbus_server.api import Api, Request, Response
+from nimbus_server.errors import ApiError
+from nimbus_server.store import Store
+
+API_ROOT = "/api/v1"
+LogEntry = tuple[str, str, dict[str, str], int]
+
+
+@dataclass
+class Fault:
+    """An injected failure; ``hits`` counts the requests it affected."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: int | None
+    delay: float
+    times: int | None
+    after_apply: bool
+    body: str | None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        exhausted = self.times is not None and self.hits >= self.times
+        method_ok = self.method == "*" or self.method.upper() == method
+        return not exhausted and method_ok and self.pattern.search(path) is not None
+
+    def response(self) -> Response:
+        assert self.status is not None
+        return Response.of_error(ApiError(self.status, self.body or "Injected fault", "rest"))
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    app: "NimbusServer"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+
+    def _serve(self) -> None:
+        self.server.app._serve(self)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+class NimbusServer:
+    """An in-process NimbusImage/Girder REST server for tests.
+
+    ``with NimbusServer() as server: ...`` starts and stops it.
+    ``missing_id_status`` is the status for ids that name nothing (Girder
+    itself answers 400 "Invalid <model> id (...)."; the default is 404).
+    """
+
+    def __init__(self, token: str | None = None, missing_id_status: int = 404) -> None:
+        self.token = token if token is not None else secrets.token_hex(24)
+        self._store = Store(missing_id_status=missing_id_status)
+        self._api = Api(self._store)
+        self._faults: list[Fault] = []
+        self._log: list[LogEntry] = []
+        self._meta_lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> "NimbusServer":
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        httpd.app = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="nimbus-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        assert self._thread is not None
+        self._thread.join()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> "NimbusServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("The server is not started.")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}{API_ROOT}"
+
+    # --- seeding and inspection ---------------------------------------------
+
+    def add_dataset(
+        self,
+        frames: np.ndarray,
+        name: str = "demo",
+        channel_names: Sequence[str] | None = None,
+        layers: Sequence[dict] | None = None,
+        mm_x: float | None = None,
+    ) -> str:
+        """A dataset from frames shaped (XY, Z, T, C, H, W); returns its folder id."""
+        return self._store.add_dataset(
+            np.asarray(frames),
+            name,
+            list(channel_names) if channel_names is not None else None,
+            list(layers) if layers is not None else None,
+            mm_x,
+        )
+
+    def add_dataset_from_files(
+        self,
+        paths: Sequence[str | Path],
+        name: str = "demo",
+        channel_names: Sequence[str] | None = None,
+        layers: Sequence[dict] | None = None,
+        mm_x: float | None = None,
+    ) -> str:
+        """A one-frame dataset whose channels are 2-D image files (PNG, TIFF)."""
+        from PIL import Image
+
+        planes = []
+        for path in paths:
+            with Image.open(path) as image:
+                plane = np.asarray(image)
+            if plane.ndim != 2:
+                raise ValueError(f"{path} is not a single-band image (shape {plane.shape})")
+            planes.append(plane)
+        if not planes:
+            raise ValueError("No image files given")
+        if len({(p.shape, p.dtype) for p in planes}) != 1:
+            raise ValueError("The image files differ in size or pixel type")
+        names = list(channel_names) if channel_names is not None else [Path(p).stem for p in paths]
+        frames = np.stack(planes)[np.newaxis, np.newaxis, np.newaxis]
+        return self.add_dataset(frames, name, names, layers, mm_x)
+
+    def add_annotation(
+        self,
+        dataset_id: str,
+        coordinates: Sequence[dict] | Sequence[Sequence[float]],
+        tags: Sequence[str] | None = None,
+        shape: str = "polygon",
+        channel: int = 0,
+        location: dict | None = None,
+        **extra: Any,
+    ) -> str:
+        """Insert an annotation directly (no validation); returns its id.
+        ``coordinates`` are ``{"x", "y"[, "z"]}`` dicts or ``(x, y)`` pairs."""
+        doc = {
+            "coordinates": [
+                dict(point) if isinstance(point, dict) else {"x": float(point[0]), "y": float(point[1])}
+                for point in coordinates
+            ],
+            "tags": list(tags or []),
+            "channel": channel,
+            "location": dict(location) if location is not None else {"XY": 0, "Z": 0, "Time": 0},
+            "shape": shape,
+            "datasetId": dataset_id,
+            **extra,
+        }
+        return self._store.insert_annotation(doc)
+
+    def add_connection(
+        self,
+        dataset_id: str,
+        parent_id: str,
+        child_id: str,
+        tags: Sequence[str] | None = None,
+        label: str | None = None,
+    ) -> str:
+        """Insert a connection directly (no validation); returns its id."""
+        doc: dict[str, Any] = {
+            "parentId": parent_id, "childId": child_id, "datasetId": dataset_id, "tags": list(tags or []),
+        }
+        if label is not None:
+            doc["label"] = label
+        return self._store.add_connection(doc)
+
+    def annotations(self, dataset_id: str) -> list[dict]:
+        """The annotations a dataset query finds, in ``_id`` order."""
+        return self._store.dataset_annotations(dataset_id)
+
+    def connections(self, dataset_id: str) -> list[dict]:
+        return self._store.dataset_connections(dataset_id)
+
+    @property
+    def interfaces(self) -> dict[str, Any]:
+        """Image name -> the interface posted for it."""
+        return self._store.all_interfaces()
+
+    @property
+    def request_log(self) -> list[LogEntry]:
+        """(method, path, query, status) of every request so far, in order."""
+        with self._meta_lock:
+            return list(self._log)
+
+    # --- faults -------------------------------------------------------------
+
+    def inject_fault(
+        self,
+        method: str,
+        path_regex: str,
+        status: int | None = None,
+        delay: float = 0.0,
+        times: int | None = None,
+        after_apply: bool = False,
+        body: str | None = None,
+    ) -> Fault:
+        """Fail (or delay) requests whose method matches (``"*"``: any) and
+        whose path below /api/v1/ matches ``re.search(path_regex)``.
+        ``after_apply``: the request takes effect, then the fault answers."""
+        fault = Fault(method, re.compile(path_regex), status, delay, times, after_apply, body)
+        with self._meta_lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._meta_lock:
+            self._faults.clear()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._meta_lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    # --- HTTP ---------------------------------------------------------------
+
+    def _serve(self, handler: _Handler) -> None:
+        method = handler.command
+        parts = urlsplit(handler.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        path = unquote(parts.path)
+        if path == API_ROOT or path.startswith(API_ROOT + "/"):
+            path = path[len(API_ROOT):].strip("/")
+            response = self._respond(handler, method, path, query, body)
+        else:
+            response = Response.of_error(ApiError(404, f'No matching route for "{method} {path}"'))
+        # Logged before answering, so the log follows the order clients see.
+        with self._meta_lock:
+            self._log.append((method, path, query, response.status))
+        self._send(handler, response)
+
+    def _respond(self, handler: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> Response:
+        fault = self._take_fault(method, path)
+        if fault is not None and not fault.after_apply:
+            time.sleep(fault.delay)
+            if fault.status is not None:
+                return fault.response()
+        response = self._answer(handler, Request(method, path, query, body))
+        if fault is not None and fault.after_apply:
+            time.sleep(fault.delay)
+            if fault.status is not None:
+                return fault.response()
+        return response
+
+    def _answer(self, handler: _Handler, request: Request) -> Response:
+        given = handler.headers.get("Girder-Token", "").encode("utf-8")
+        if not secrets.compare_digest(given, self.token.encode("utf-8")):
+            return Response.of_error(ApiError(401, "You must be logged in.", "access"))
+        try:
+            return self._api.handle(request)
+        except ApiError as error:
+            return Response.of_error(error)
+        except Exception as error:  # an uncaught server error, as Girder reports it
+            return Response.of_error(ApiError(500, f"{type(error).__name__}: {error}", "internal"))
+
+    @staticmethod
+    def _send(handler: _Handler, response: Response) -> None:
+        try:
+            handler.send_response(response.status)
+            handler.send_header("Content-Type", response.content_type)
+            handler.send_header("Content-Length", str(len(response.body)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timed out or was killed); what it asked for stands
