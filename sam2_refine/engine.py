@@ -114,19 +114,32 @@ def _refine_one(
     return Outcome(polygon)
 
 
+# The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
+# window's resolution or lower (SAM2 resizes its input anyway).
+WindowImages = Callable[[Window], np.ndarray]
+
+
+def crops_of(image: np.ndarray) -> WindowImages:
+    """Window images cut from a full-resolution frame."""
+    return lambda window: np.ascontiguousarray(
+        image[window.top:window.top + window.height, window.left:window.left + window.width]
+    )
+
+
 def refine_frame(
     predictor: MaskPredictor,
-    image: np.ndarray,
+    window_images: WindowImages,
+    frame_size: tuple[int, int],
     originals: list[list[dict]],
     settings: RefineSettings,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> list[Outcome]:
     """Refine the originals (each a list of platform coordinates) of one frame.
 
-    `image` is the frame as the user sees it, (rows, cols, 3) float32 in [0, 1].
-    `on_progress` receives how many originals are finished so far.
+    `frame_size` is (width, height) in image pixels. `on_progress` receives how many
+    originals are finished so far.
     """
-    height, width = image.shape[:2]
+    width, height = frame_size
     outcomes: list[Outcome | None] = [None] * len(originals)
     boxes: list[Box] = []
     box_owner: list[int] = []
@@ -140,10 +153,7 @@ def refine_frame(
     done = len(originals) - len(boxes)
     on_progress(done)
     for window, members in plan_windows(boxes, width, height, settings.resolution):
-        window_image = np.ascontiguousarray(
-            image[window.top:window.top + window.height, window.left:window.left + window.width]
-        )
-        predictor.encode(window_image, window)
+        predictor.encode(window_images(window), window)
         for start in range(0, len(members), predictor.decode_batch_size):
             batch = members[start:start + predictor.decode_batch_size]
             window_boxes = np.array(

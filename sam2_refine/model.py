@@ -34,6 +34,9 @@ OFFICIAL_CONFIGS = {
     "sam2_hiera_large.pt": "configs/sam2/sam2_hiera_l.yaml",
 }
 
+# SAM2 resizes every input to this square side, in pixels.
+MODEL_INPUT_SIDE = 1024
+
 # Boxes decoded per call, by device type. Measured with `make bench` (benchmarks/RESULTS.md):
 # on CPU, batches above ~4 cost more per box; a GPU keeps gaining up to large batches.
 DECODE_BATCH_SIZE = {"cpu": 4, "mps": 16, "cuda": 64}
@@ -55,7 +58,8 @@ class MaskPredictor(Protocol):
     decode_batch_size: int
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
-        """Encode `window_image` (height, width, 3) float32 in [0, 1], which shows `window`."""
+        """Encode `window_image` (rows, cols, 3) float32 in [0, 1], which shows `window`
+        at its own resolution or lower."""
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) boxes in window pixels -> (N, h, w) float32 mask logits over the window; > 0 is inside."""
@@ -140,6 +144,7 @@ class Sam2Predictor:
 
         with torch.inference_mode(), self._autocast():
             self._predictor.set_image(window_image)
+        self._window_hw = (window.height, window.width)
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
         import torch
@@ -149,7 +154,7 @@ class Sam2Predictor:
         with torch.inference_mode(), self._autocast():
             box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=self.device)
             model_boxes = predictor._transforms.transform_boxes(
-                box_tensor, normalize=True, orig_hw=predictor._orig_hw[-1]
+                box_tensor, normalize=True, orig_hw=self._window_hw
             ).reshape(-1, 2, 2)
             corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device).repeat(len(boxes), 1)
             sparse, dense = model.sam_prompt_encoder(points=(model_boxes, corner_labels), boxes=None, masks=None)

@@ -202,12 +202,13 @@ class Platform:
                 found.setdefault(document["_id"], document)
         return list(found.values())
 
-    def frame_image(self, location: Location) -> np.ndarray:
-        """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32 in [0, 1]."""
+    def frame_image(self, location: Location, max_size: int | None = None) -> np.ndarray:
+        """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32
+        in [0, 1]; with `max_size`, downsampled by the server so its longer side is at most that."""
         return self._retrying(
             f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
             lambda: self.dataset.images.get_composite(
-                xy=location.xy, z=location.z, time=location.time, dtype="float32"
+                xy=location.xy, z=location.z, time=location.time, dtype="float32", max_size=max_size
             ),
         )
 

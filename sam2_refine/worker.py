@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from shapely.geometry import Polygon
 
 from . import interface as ui
-from .engine import RefineSettings, refine_frame
+from .engine import RefineSettings, WindowImages, crops_of, refine_frame
 from .errors import WorkerError
 from .messages import Reporter, make_progress, plural, skipped_summary
-from .model import MaskPredictor
-from .nimbus import Platform
+from .model import MODEL_INPUT_SIDE, MaskPredictor
+from .nimbus import FrameGeometry, Platform
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .writeback import write_back
 
@@ -48,6 +50,33 @@ def select_originals(
         if location in wanted:
             grouped[location].append(document)
     return {location: grouped[location] for location in locations if grouped.get(location)}
+
+
+def whole_frame_fetch_size(frame: FrameGeometry) -> int | None:
+    """The longest side to fetch a whole frame at so that both sides still reach SAM2's
+    input size (it would downsample the rest away); None for full resolution."""
+    shorter = min(frame.width, frame.height)
+    if shorter <= MODEL_INPUT_SIDE:
+        return None
+    return math.ceil(max(frame.width, frame.height) * MODEL_INPUT_SIDE / shorter)
+
+
+def window_images(
+    platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter
+) -> WindowImages:
+    """Where the engine gets its windows: one fetch of the frame per location."""
+
+    def checked(image: np.ndarray) -> np.ndarray:
+        if not image.any():
+            reporter.warning(
+                f"The image at {_where(location)} is black as displayed",
+                info="Make at least one layer visible with a contrast that shows the cells.",
+            )
+        return image
+
+    if resolution == ui.RESOLUTION_WHOLE_FRAME:
+        return lambda window: checked(platform.frame_image(location, whole_frame_fetch_size(frame)))
+    return crops_of(checked(platform.frame_image(location)))
 
 
 def _where(location: Location) -> str:
@@ -95,15 +124,17 @@ def run_compute(
     skipped: Counter = Counter()
     finished = 0
     for location, originals in by_location.items():
-        image = platform.frame_image(location)
+        images = window_images(platform, location, frame, params.resolution, reporter)
         progress = make_progress(
             reporter, LOADING_SHARE + REFINING_SHARE * finished / total, REFINING_SHARE * len(originals) / total,
-            len(originals), lambda done, n=finished: f"Refined {n + done} of {total} objects ({_where(location)})",
+            len(originals),
+            lambda done, before=finished, where=_where(location): f"Refined {before + done} of {total} objects ({where})",
         )
         outcomes = refine_frame(
-            predictor, image, [o.get("coordinates") or [] for o in originals], settings, progress
+            predictor, images, (frame.width, frame.height), [o.get("coordinates") or [] for o in originals],
+            settings, progress,
         )
-        del image
+        del images
         for original, outcome in zip(originals, outcomes):
             if outcome.polygon is None:
                 skipped[outcome.reason] += 1

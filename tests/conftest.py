@@ -55,11 +55,19 @@ def frames(xy=1, z=2, time=2, channels=2) -> np.ndarray:
     return rng.integers(0, 4000, size=(xy, z, time, channels, FRAME_HEIGHT, FRAME_WIDTH), dtype=np.uint16)
 
 
+# Runs the command given after it and reports that child's peak RSS (KiB) as its last stderr line.
+PEAK_RSS_LAUNCHER = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
+
+
 @dataclass
 class WorkerRun:
     returncode: int
     stdout: str
     stderr: str
+    peak_rss_kib: int | None = None
 
     @property
     def messages(self) -> list[dict]:
@@ -111,6 +119,7 @@ def run_worker(
     token: str | None = None,
     extra_env: dict | None = None,
     timeout: float = 600,
+    measure_peak_rss: bool = False,
 ) -> WorkerRun:
     command = [
         sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", token or server.token,
@@ -120,8 +129,13 @@ def run_worker(
         command += ["--datasetId", dataset_id]
     env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(checkpoint_dir), "PYTHONUNBUFFERED": "1"}
     env.update(extra_env or {})
+    if measure_peak_rss:
+        command = [sys.executable, "-c", PEAK_RSS_LAUNCHER, *command]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
-    return WorkerRun(completed.returncode, completed.stdout, completed.stderr)
+    if not measure_peak_rss:
+        return WorkerRun(completed.returncode, completed.stdout, completed.stderr)
+    stderr, _, peak = completed.stderr.rstrip("\n").rpartition("\n")
+    return WorkerRun(completed.returncode, completed.stdout, stderr, int(peak))
 
 
 def oracle_env(tmp_path: Path, shapes) -> dict:

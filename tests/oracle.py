@@ -85,8 +85,9 @@ class OraclePredictor:
         self._window: Window | None = None
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
-        assert window_image.shape[:2] == (window.height, window.width), "window image does not match its window"
-        assert window_image.dtype == np.float32 and window_image.ndim == 3
+        rows, cols = window_image.shape[:2]
+        assert rows <= window.height and cols <= window.width, "window image larger than its window"
+        assert window_image.dtype == np.float32 and window_image.ndim == 3 and window_image.shape[2] == 3
         self._window = window
         self.windows.append(window)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sam2_refine import engine, tiling
-from sam2_refine.engine import RefineSettings, refine_frame, resize_region
+from sam2_refine.engine import RefineSettings, crops_of, refine_frame, resize_region
 from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
 from tests.oracle import Disk, OraclePredictor, Rect
 
@@ -49,6 +49,11 @@ def check_refined(shapes, outcomes, minimum_iou):
         assert iou(outcome.polygon, truth) >= minimum_iou, shape
 
 
+def refine(predictor, frame, outlines, settings):
+    height, width = frame.shape[:2]
+    return refine_frame(predictor, crops_of(frame), (width, height), outlines, settings)
+
+
 @pytest.fixture(scope="module")
 def frame():
     return np.zeros((HEIGHT, WIDTH, 3), np.float32)
@@ -57,7 +62,7 @@ def frame():
 def test_auto_windows_reproduce_the_true_outlines(frame):
     shapes = scene()
     oracle = OraclePredictor(shapes)
-    outcomes = refine_frame(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_AUTO))
+    outcomes = refine(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_AUTO))
     check_refined(shapes, outcomes, 0.98)
     assert 1 < len(oracle.windows) < len(shapes)  # neighbours share windows
 
@@ -65,7 +70,7 @@ def test_auto_windows_reproduce_the_true_outlines(frame):
 def test_whole_frame_uses_one_window_and_keeps_large_objects_exact(frame):
     shapes = [Disk(700, 1200, 60), Rect(2000, 200, 2300, 420), Disk(2950, 900, 80)]
     oracle = OraclePredictor(shapes)
-    outcomes = refine_frame(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
+    outcomes = refine(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
     assert oracle.windows == [engine.Window(0, 0, WIDTH, HEIGHT)]
     check_refined(shapes, outcomes, 0.98)
 
@@ -73,8 +78,8 @@ def test_whole_frame_uses_one_window_and_keeps_large_objects_exact(frame):
 def test_auto_resolves_small_cells_that_whole_frame_blurs(frame):
     shapes = [Disk(500 + 60 * i, 700, 9) for i in range(5)]
     rough = [s.rough_outline() for s in shapes]
-    auto = refine_frame(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_AUTO))
-    whole = refine_frame(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
+    auto = refine(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_AUTO))
+    whole = refine(OraclePredictor(shapes), frame, rough, RefineSettings(0, 0, RESOLUTION_WHOLE_FRAME))
     truths = [s.mask(HEIGHT, WIDTH) for s in shapes]
     assert min(iou(o.polygon, t) for o, t in zip(auto, truths)) >= 0.95
     assert np.mean([iou(o.polygon, t) if o.polygon else 0 for o, t in zip(whole, truths)]) < 0.9
@@ -105,7 +110,7 @@ def test_masks_are_cut_to_the_search_area_so_neighbours_are_not_swallowed(frame)
     big = Rect(100, 100, 400, 400)  # the oracle answers every prompt with this object
     small_box = Rect(500, 150, 520, 170)
     oracle = OraclePredictor([big])
-    outcome = refine_frame(oracle, frame, [small_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    outcome = refine(oracle, frame, [small_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
     col0, row0, col1, row1 = tiling.search_area(tiling.Box(500, 150, 520, 170), WIDTH, HEIGHT)
     assert outcome.polygon is None or outcome.polygon.within(
         __import__("shapely.geometry", fromlist=["box"]).box(col0, row0, col1, row1))
@@ -120,24 +125,24 @@ def test_masks_are_cut_to_the_search_area_so_neighbours_are_not_swallowed(frame)
     ],
 )
 def test_originals_that_cannot_prompt_get_a_reason(frame, coordinates, reason):
-    outcome = refine_frame(OraclePredictor([Disk(10, 10, 5)]), frame, [coordinates], RefineSettings(0, 0, RESOLUTION_AUTO))
+    outcome = refine(OraclePredictor([Disk(10, 10, 5)]), frame, [coordinates], RefineSettings(0, 0, RESOLUTION_AUTO))
     assert outcome == [engine.Outcome(None, reason)]
 
 
 def test_self_intersecting_original_is_refined_from_its_box(frame):
     bowtie = [{"x": 200, "y": 200}, {"x": 260, "y": 260}, {"x": 260, "y": 200}, {"x": 200, "y": 260}]
     shape = Disk(230, 230, 25)
-    outcome = refine_frame(OraclePredictor([shape]), frame, [bowtie], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    outcome = refine(OraclePredictor([shape]), frame, [bowtie], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
     assert iou(outcome.polygon, shape.mask(HEIGHT, WIDTH)) >= 0.98
 
 
 def test_empty_mask_and_vanishing_padding_are_reported(frame):
     far = Disk(2900, 1700, 10)  # the oracle's only object, far from the prompt
-    outcome = refine_frame(OraclePredictor([far]), frame, [Rect(100, 100, 130, 130).rough_outline(0)],
+    outcome = refine(OraclePredictor([far]), frame, [Rect(100, 100, 130, 130).rough_outline(0)],
                            RefineSettings(0, 0, RESOLUTION_AUTO))[0]
     assert outcome.reason == engine.EMPTY_MASK
     tiny = Rect(100, 100, 104, 104)
-    outcome = refine_frame(OraclePredictor([tiny]), frame, [tiny.rough_outline(1)], RefineSettings(0, -5, RESOLUTION_AUTO))[0]
+    outcome = refine(OraclePredictor([tiny]), frame, [tiny.rough_outline(1)], RefineSettings(0, -5, RESOLUTION_AUTO))[0]
     assert outcome.reason == engine.VANISHED
 
 

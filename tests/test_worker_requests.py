@@ -9,6 +9,7 @@ from shapely.geometry import Polygon
 from tests.conftest import (
     FRAME_HEIGHT, FRAME_WIDTH, IMAGE, TINY, cells, compute_parameters, frames, oracle_env, run_worker,
 )
+from tests.oracle import Disk, Rect
 from tests.test_engine import iou
 
 SEED_FIELDS = {"Batch XY", "Batch Z", "Batch Time", "Tag of objects to refine", "Model",
@@ -151,3 +152,22 @@ def test_unknown_request_is_ignored(server, tiny_checkpoint_dir):
     run = run_worker(server, "preview", {"image": IMAGE}, tiny_checkpoint_dir, dataset_id="0" * 24)
     assert run.returncode == 0
     assert not run.errors
+
+
+def test_whole_frame_fetches_a_downsampled_frame_and_keeps_outlines_exact(server, oracle_checkpoint_dir, tmp_path):
+    height, width = 1536, 2560
+    dataset_id = server.add_dataset(np.zeros((1, 1, 1, 1, height, width), np.uint16) + 100)
+    shapes = [Disk(300, 400, 90), Rect(1800, 900, 2200, 1300), Disk(2450, 1400, 120)]
+    for shape in shapes:
+        server.add_annotation(dataset_id, shape.rough_outline(), tags=["rough"])
+    parameters = compute_parameters(dataset_id, Resolution="Whole frame")
+    parameters["tile"] = {"XY": 0, "Z": 0, "Time": 0}
+    run = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id,
+                     extra_env=oracle_env(tmp_path, shapes))
+    assert run.returncode == 0, run.stdout + run.stderr
+    regions = [query for method, path, query, _ in server.request_log if path.endswith("tiles/region")]
+    assert regions and all(int(query["width"]) == 1707 for query in regions)  # shorter side 1536 -> 1024
+    created = [a for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
+    for shape, annotation in zip(shapes, created):
+        polygon = Polygon([(c["x"], c["y"]) for c in annotation["coordinates"]])
+        assert iou(polygon, shape.mask(height, width)) >= 0.98
