@@ -23,8 +23,8 @@ from sam2_refine.messages import Redactor, Reporter
 EXIT_CANCELLED = 143
 
 
-class Cancelled(Exception):
-    pass
+class Cancelled(BaseException):
+    """SIGTERM (the platform's cancel); a BaseException so no error handler swallows it."""
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

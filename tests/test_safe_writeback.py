@@ -7,6 +7,7 @@ original has two refined counterparts, and the counts reported match the server.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -130,26 +131,46 @@ def test_failed_delete_keeps_both_versions_and_says_how_to_find_them(server, wor
     assert "refined" in warning["info"] and TAG in warning["info"]
 
 
-def test_killed_during_upload_leaves_both_versions_never_neither(server, oracle_checkpoint_dir, tmp_path):
-    dataset_id, originals = seed(server)
+def start_worker_with_upload_in_flight(server, oracle_checkpoint_dir, tmp_path, dataset_id):
+    """A worker whose first upload the server holds for 2 s; returns once it is in flight."""
     fault = server.inject_fault("POST", r"^upenn_annotation/multiple$", delay=2.0, times=1)
-    import json
-
     command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
                "--request", "compute", "--parameters", json.dumps(replacing(dataset_id)), "--datasetId", dataset_id]
     env = {**os.environ, **oracle_env(tmp_path, cells()), "SAM2_CHECKPOINT_DIR": str(oracle_checkpoint_dir)}
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while fault.hits == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # polling for the upload to be in flight
     assert fault.hits == 1, "the upload never started"
+    return process
+
+
+def wait_for_refined(server, dataset_id, count):
+    deadline = time.monotonic() + 10
+    while sum(refined_by_source(server, dataset_id).values()) < count and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the server to finish the held upload
+
+
+def test_killed_during_upload_leaves_both_versions_never_neither(server, oracle_checkpoint_dir, tmp_path):
+    dataset_id, originals = seed(server)
+    process = start_worker_with_upload_in_flight(server, oracle_checkpoint_dir, tmp_path, dataset_id)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=30)
-    deadline = time.monotonic() + 10
-    while not refined_by_source(server, dataset_id) and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling for the server to finish the delayed upload
+    wait_for_refined(server, dataset_id, len(originals))
     refined = check_nothing_lost(server, dataset_id, originals)
     assert set(refined) == set(originals)
+    assert {a["_id"] for a in server.annotations(dataset_id)} >= set(originals)
+
+
+def test_cancel_during_upload_reports_it_and_loses_nothing(server, oracle_checkpoint_dir, tmp_path):
+    dataset_id, originals = seed(server)
+    process = start_worker_with_upload_in_flight(server, oracle_checkpoint_dir, tmp_path, dataset_id)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert '"Cancelled"' in stdout
+    wait_for_refined(server, dataset_id, len(originals))
+    check_nothing_lost(server, dataset_id, originals)
     assert {a["_id"] for a in server.annotations(dataset_id)} >= set(originals)
 
 
