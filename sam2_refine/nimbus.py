@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from .errors import WorkerError
 from .parameters import DatasetSizes, Location
@@ -63,12 +64,13 @@ def _is_transient(error: Exception) -> bool:
 
 
 def _was_not_sent(error: Exception) -> bool:
-    """True when the request never reached the server (so repeating it is safe)."""
+    """True when the request never reached the server (so repeating it is safe):
+    the connection was refused or could not be opened in time."""
     if isinstance(error, requests.ConnectTimeout):
         return True
-    if isinstance(error, requests.ConnectionError):
-        text = repr(error.args[0]) if error.args else ""
-        return "NewConnectionError" in text or "Failed to establish" in text
+    if isinstance(error, requests.ConnectionError) and error.args:
+        reason = getattr(error.args[0], "reason", error.args[0])
+        return isinstance(reason, NewConnectionError)
     return False
 
 
@@ -125,18 +127,28 @@ class Platform:
         while True:
             try:
                 return call()
+            except WorkerError:
+                raise
             except Exception as error:
                 access = _access_error(error)
                 if access is not None:
                     raise access from error
-                if not _is_transient(error) or time.monotonic() + backoff > deadline:
+                transient = _is_transient(error)
+                if transient and time.monotonic() + backoff <= deadline:
+                    time.sleep(backoff)
+                    backoff *= 2
+                    continue
+                if transient:
                     raise WorkerError(
                         f"Could not {what}: {_describe(error)}",
                         info="The platform did not answer in time; try again later.",
                         title="Platform unavailable",
                     ) from error
-                time.sleep(backoff)
-                backoff *= 2
+                raise WorkerError(
+                    f"Could not {what}: {_describe(error)}",
+                    info="Check that the dataset still exists and opens in the app, then run the tool again.",
+                    title="Platform error",
+                ) from error
 
     def _post_once(self, path: str, body) -> object:
         """One POST; raises OutcomeUnknown when the server may or may not have applied it."""
