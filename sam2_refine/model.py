@@ -13,7 +13,8 @@ low-resolution grid.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,9 +38,9 @@ OFFICIAL_CONFIGS = {
 # SAM2 resizes every input to this square side, in pixels.
 MODEL_INPUT_SIDE = 1024
 
-# Boxes decoded per call, by device type. Measured with `make bench` (benchmarks/RESULTS.md):
-# on CPU, batches above ~4 cost more per box; a GPU keeps gaining up to large batches.
-DECODE_BATCH_SIZE = {"cpu": 4, "mps": 16, "cuda": 64}
+# Boxes decoded per call, by device type. On CPU one box per call is fastest per box
+# (benchmarks/PROPOSALS.md, `micro.py decode`); GPU sizes are unmeasured here (no GPU lent).
+DECODE_BATCH_SIZE = {"cpu": 1, "mps": 16, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -92,27 +93,66 @@ def pick_device() -> str:
     return "cpu"
 
 
-def _build_model(config: str | Path, checkpoint: Path, device: str):
-    from sam2.build_sam import _load_checkpoint, build_sam2
+# SAM2's input normalisation (ImageNet statistics, for images in [0, 1]).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+# What sam2.build_sam.build_sam2 applies to official configs (its apply_postprocessing).
+POSTPROCESSING_OVERRIDES = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+]
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
 
-    if isinstance(config, str):
-        return build_sam2(config, str(checkpoint), device=device, mode="eval")
+
+@contextmanager
+def _without_random_init() -> Iterator[None]:
+    """torch.nn.init does nothing while the model is built: the checkpoint replaces every
+    parameter, so random initialisation would be wasted start-up time."""
+    from torch.nn import init
+
+    saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
+    for name in saved:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
+def _build_model(config: str | Path, checkpoint: Path, device: str):
+    """The SAM2 model of `config` with the weights of `checkpoint` (the official format,
+    {"model": state_dict}); the same model sam2.build_sam.build_sam2 builds."""
+    import torch
+    from hydra import compose
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    settings = OmegaConf.load(config)
+    import sam2  # noqa: F401  (registers the packaged configs with hydra)
+
+    if isinstance(config, str):
+        settings = compose(config_name=config, overrides=POSTPROCESSING_OVERRIDES)
+    else:
+        settings = OmegaConf.load(config)
     OmegaConf.resolve(settings)
-    model = instantiate(settings.model, _recursive_=True)
-    _load_checkpoint(model, str(checkpoint))
+    with _without_random_init():
+        model = instantiate(settings.model, _recursive_=True)
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["model"]
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.to(device).eval()
 
 
 class Sam2Predictor:
-    """SAM2 image predictor, box prompts only, single mask per box."""
+    """SAM2 for box prompts, one mask per box.
+
+    It does what sam2's SAM2ImagePredictor does for this case, without importing it:
+    that module pulls in torchvision, which costs seconds of start-up.
+    """
 
     def __init__(self, checkpoint: Path, device: str | None = None):
         import torch
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.device = device or pick_device()
         if self.device == "cpu":
@@ -122,15 +162,18 @@ class Sam2Predictor:
             torch.backends.cudnn.allow_tf32 = True
         config = config_for_checkpoint(checkpoint)
         try:
-            model = _build_model(config, checkpoint, self.device)
+            self.model = _build_model(config, checkpoint, self.device)
         except Exception as error:  # any failure to read or fit the file is the same to the user
             raise WorkerError(
                 f"Model {checkpoint.name} could not be loaded: {type(error).__name__}: {error}",
                 info="The checkpoint file may be truncated or not match its config; reinstall the model.",
                 title="Model failed to load",
             ) from error
-        self._predictor = SAM2ImagePredictor(model)
-        self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 4)
+        with torch.inference_mode():
+            self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+        self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
+        self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 1)
 
     def _autocast(self):
         import torch
@@ -141,31 +184,40 @@ class Sam2Predictor:
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
         import torch
+        import torch.nn.functional as F
 
+        model = self.model
+        side = model.image_size
         with torch.inference_mode(), self._autocast():
-            self._predictor.set_image(window_image)
+            pixels = torch.from_numpy(np.ascontiguousarray(window_image.transpose(2, 0, 1)))[None].to(self.device)
+            pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
+            pixels = (pixels - self._mean) / self._std
+            backbone = model.forward_image(pixels)
+            _, features, _, sizes = model._prepare_backbone_features(backbone)
+            if model.directly_add_no_mem_embed:
+                features[-1] = features[-1] + model.no_mem_embed
+            maps = [f.permute(1, 2, 0).view(1, -1, h, w) for f, (h, w) in zip(features, sizes)]
+        self._image_embed, self._high_res = maps[-1], maps[:-1]
         self._window_hw = (window.height, window.width)
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
         import torch
 
-        predictor = self._predictor
-        model = predictor.model
+        model = self.model
+        height, width = self._window_hw
         with torch.inference_mode(), self._autocast():
-            box_tensor = torch.as_tensor(boxes, dtype=torch.float, device=self.device)
-            model_boxes = predictor._transforms.transform_boxes(
-                box_tensor, normalize=True, orig_hw=self._window_hw
-            ).reshape(-1, 2, 2)
+            corners = torch.as_tensor(boxes, dtype=torch.float, device=self.device).reshape(-1, 2, 2)
+            # Window pixels -> the model's input frame (the window stretched to side x side).
+            corners = corners / torch.tensor([width, height], dtype=torch.float, device=self.device) * model.image_size
             corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device).repeat(len(boxes), 1)
-            sparse, dense = model.sam_prompt_encoder(points=(model_boxes, corner_labels), boxes=None, masks=None)
-            features = predictor._features
+            sparse, dense = model.sam_prompt_encoder(points=(corners, corner_labels), boxes=None, masks=None)
             low_res, _, _, _ = model.sam_mask_decoder(
-                image_embeddings=features["image_embed"][-1].unsqueeze(0),
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                image_embeddings=self._image_embed,
+                image_pe=self._dense_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=False,
                 repeat_image=len(boxes) > 1,
-                high_res_features=[level[-1].unsqueeze(0) for level in features["high_res_feats"]],
+                high_res_features=self._high_res,
             )
         return low_res[:, 0].float().cpu().numpy()

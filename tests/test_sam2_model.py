@@ -16,7 +16,9 @@ def predictor(tiny_checkpoint_dir):
     return Sam2Predictor(tiny_checkpoint_dir / TINY, device="cpu")
 
 
-def test_batched_low_res_decoding_matches_sam2s_own_predictor(predictor):
+def test_batched_low_res_decoding_matches_sam2s_own_predictor(predictor, tiny_checkpoint_dir):
+    """Our loading, pre-processing and batched decoding against sam2's own build and predictor."""
+    from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     rng = np.random.default_rng(0)
@@ -27,7 +29,9 @@ def test_batched_low_res_decoding_matches_sam2s_own_predictor(predictor):
     ours = predictor.decode_low_res(boxes)
     assert ours.shape == (5, 256, 256)
 
-    reference = SAM2ImagePredictor(predictor._predictor.model)
+    reference = SAM2ImagePredictor(
+        build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(tiny_checkpoint_dir / TINY), device="cpu")
+    )
     reference.set_image(image)
     for box, low_res in zip(boxes, ours):
         logits, _, _ = reference.predict(box=box, multimask_output=False, return_logits=True)
