@@ -72,7 +72,7 @@ def predictor(model: str, threads: int | None, channels_last: bool):
     if threads:
         torch.set_num_threads(threads)
     if channels_last:
-        built._predictor.model.to(memory_format=torch.channels_last)
+        built.model.to(memory_format=torch.channels_last)
     return built
 
 
@@ -131,7 +131,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     image, _ = frame_image(1024, 100)
     built = predictor(args.model, args.threads, args.channels_last)
     if args.compile:
-        model = built._predictor.model
+        model = built.model
         start = time.perf_counter()
         model.image_encoder = torch.compile(model.image_encoder)
         with autocast(args.bf16):
@@ -150,7 +150,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
 
     image, _ = frame_image(1024, 100)
     built = predictor(args.model, args.threads, False)
-    model = built._predictor.model
+    model = built.model
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     embeddings = {}
     built.encode(image, window_of(1024))  # warm-up
@@ -158,7 +158,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
         for layout, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
             model.to(memory_format=memory_format)
             times[layout] += timed(lambda: built.encode(image, window_of(1024)), 1)
-            embeddings[layout] = built._predictor._features["image_embed"].clone()
+            embeddings[layout] = built._image_embed.clone()
     for layout, values in times.items():
         print(f"encode {args.model} 1024² {layout}: {summary(values)}")
     difference = (embeddings["contiguous"] - embeddings["channels_last"]).abs().max().item()
