@@ -253,7 +253,9 @@ def format_table(results: list[Result]) -> str:
         base = existing.get(r.case)
         ratio = ""
         if base is not None and r.implementation != EXISTING:
-            ratio = f"{r.total / base.total:.2f} ({base.total / r.total:.1f}× faster)"
+            speed = base.total / r.total
+            ratio = f"{r.total / base.total:.2f} ({speed:.1f}× faster)" if speed >= 1 else \
+                f"{r.total / base.total:.2f} ({1 / speed:.1f}× slower)"
         lines.append(
             f"| {r.case} | {r.implementation} | {r.total:.1f} | {1000 * r.total / r.count:.0f} | {s['startup']:.1f} ({s['model']:.1f}) | "
             f"{s['fetch']:.1f} | {s['encode']:.1f} ({r.calls.get('encode', 0)}) | {s['decode']:.1f} | "
