@@ -17,6 +17,7 @@ Retry policy (this module owns it):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.parse
@@ -195,7 +196,7 @@ class Platform:
     def _polygon_pages(self, tags: list[str] | None) -> list[dict]:
         query = {"datasetId": self.dataset_id, "shape": "polygon", "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
         if tags:
-            query["tags"] = _json_list(tags)
+            query["tags"] = json.dumps(list(tags))  # the platform reads tags as a JSON array
         documents: list[dict] = []
         while True:
             page = self._girder.get("upenn_annotation", parameters=query)
@@ -275,12 +276,6 @@ class Platform:
             "delete connections",
             lambda: self._girder.sendRestRequest("DELETE", "annotation_connection/multiple", json=connection_ids),
         )
-
-
-def _json_list(values: list[str]) -> str:
-    import json
-
-    return json.dumps(list(values))
 
 
 def _describe(error: Exception) -> str:
