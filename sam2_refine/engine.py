@@ -10,7 +10,8 @@ neighbours outside that area.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import numpy as np
 from shapely.geometry import Polygon
@@ -18,14 +19,38 @@ from shapely.geometry import Polygon
 from . import tiling
 from .geometry import clip_to_image, coordinates_to_points, mask_to_polygon
 from .interface import RESOLUTION_WHOLE_FRAME
-from .model import MaskPredictor, Window
+from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks
 from .tiling import Box
 
-# Why an original has no refined polygon; the keys are what messages count.
-DEGENERATE = "degenerate prompt"
-OUTSIDE = "outside the image"
-EMPTY_MASK = "empty mask"
-VANISHED = "vanished after padding"
+class Reason(StrEnum):
+    """Why an original has no refined polygon (skips), or why its refined polygon is
+    doubtful (doubts). The values are what messages count."""
+
+    # Skips: no refined polygon.
+    DEGENERATE = "degenerate prompt"
+    OUTSIDE = "outside the image"
+    EMPTY_MASK = "empty mask"
+    VANISHED = "vanished after padding"
+    # Doubts: a refined polygon exists, but it may not replace its original.
+    REACHES_VIEW_EDGE = "reaches the edge of SAM2's view"
+    SPILLS_OUTSIDE = "spills outside the original"
+    MUCH_SMALLER = "much smaller than the original"
+    OVERLAPS_ANOTHER = "overlaps another refined outline"
+    LOW_PREDICTED_IOU = "low SAM2 confidence"
+    NO_OBJECT = "SAM2 sees no object"
+
+    @property
+    def is_skip(self) -> bool:
+        return self in SKIP_REASONS
+
+
+SKIP_REASONS = frozenset({Reason.DEGENERATE, Reason.OUTSIDE, Reason.EMPTY_MASK, Reason.VANISHED})
+
+# Kept for callers of the first release.
+DEGENERATE = Reason.DEGENERATE
+OUTSIDE = Reason.OUTSIDE
+EMPTY_MASK = Reason.EMPTY_MASK
+VANISHED = Reason.VANISHED
 
 
 @dataclass(frozen=True)
@@ -37,10 +62,17 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result for one original: a polygon in image coordinates, or the reason for none."""
+    """The result for one original: a polygon in image coordinates, or the reason for none.
+
+    `doubts` lists why a polygon may not replace its original (empty: accepted so far);
+    the scores are SAM2's own, None when the predictor gives none.
+    """
 
     polygon: Polygon | None
-    reason: str | None = None
+    reason: Reason | None = None
+    doubts: tuple[Reason, ...] = ()
+    predicted_iou: float | None = None
+    object_score: float | None = None
 
 
 def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | str:
@@ -114,6 +146,13 @@ def _refine_one(
     return Outcome(polygon)
 
 
+def _with_scores(outcome: Outcome, decoded: DecodedMasks, k: int) -> Outcome:
+    def score(values: np.ndarray | None) -> float | None:
+        return None if values is None else float(values[k])
+
+    return replace(outcome, predicted_iou=score(decoded.predicted_iou), object_score=score(decoded.object_score))
+
+
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
 # window's resolution or lower (SAM2 resizes its input anyway).
 WindowImages = Callable[[Window], np.ndarray]
@@ -154,16 +193,18 @@ def refine_frame(
     on_progress(done)
     for window, members in plan_windows(boxes, width, height, settings.resolution):
         predictor.encode(window_images(window), window)
-        for start in range(0, len(members), predictor.decode_batch_size):
-            batch = members[start:start + predictor.decode_batch_size]
+        batch_size = decode_batch_size(predictor)
+        for start in range(0, len(members), batch_size):
+            batch = members[start:start + batch_size]
             window_boxes = np.array(
                 [[boxes[i].x0 - window.left, boxes[i].y0 - window.top,
                   boxes[i].x1 - window.left, boxes[i].y1 - window.top] for i in batch],
                 dtype=np.float32,
             )
-            logits = predictor.decode_low_res(window_boxes)
-            for member, low_res in zip(batch, logits):
-                outcomes[box_owner[member]] = _refine_one(low_res, boxes[member], window, width, height, settings)
+            decoded = decode_masks(predictor, window_boxes)
+            for k, member in enumerate(batch):
+                outcome = _refine_one(decoded.logits[k], boxes[member], window, width, height, settings)
+                outcomes[box_owner[member]] = _with_scores(outcome, decoded, k)
             done += len(batch)
             on_progress(done)
     return [outcome if outcome is not None else Outcome(None, EMPTY_MASK) for outcome in outcomes]

@@ -54,9 +54,13 @@ class Window:
 
 
 class MaskPredictor(Protocol):
-    """What the engine needs of a promptable segmenter."""
+    """What the engine needs of a promptable segmenter: these two methods, nothing more.
 
-    decode_batch_size: int
+    Optional extensions a predictor may have (the engine checks with `hasattr`):
+    - `decode_batch_size: int`, boxes per decode call (default `DEFAULT_DECODE_BATCH`);
+    - `decode(boxes, areas) -> DecodedMasks`, which adds SAM2's own scores and may skip
+      computing logits outside `areas` (see `ScoredPredictor`).
+    """
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
         """Encode `window_image` (rows, cols, 3) float32 in [0, 1], which shows `window`
@@ -64,6 +68,43 @@ class MaskPredictor(Protocol):
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
         """(N, 4) boxes in window pixels -> (N, h, w) float32 mask logits over the window; > 0 is inside."""
+
+
+@dataclass(frozen=True)
+class DecodedMasks:
+    """What one decode call gives for N boxes of the encoded window.
+
+    `logits` (N, h, w) float32 cover the whole window (window frame, resized without
+    keeping aspect to the low-resolution grid); > 0 is inside. Outside the `areas` the
+    engine asked for they may hold anything. The scores are None when the predictor
+    does not provide them: `predicted_iou` is SAM2's own IoU estimate (0-1) and
+    `object_score` its object-presence logit (> 0: an object is present).
+    """
+
+    logits: np.ndarray
+    predicted_iou: np.ndarray | None = None
+    object_score: np.ndarray | None = None
+
+
+class ScoredPredictor(MaskPredictor, Protocol):
+    def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
+        """Like `decode_low_res`, with scores. `areas` (N, 4) are window pixels
+        (col0, row0, col1, row1), end-exclusive: the engine reads each object's logits
+        only there, so a predictor may leave the rest uncomputed. None means everywhere."""
+
+
+DEFAULT_DECODE_BATCH = 16
+
+
+def decode_batch_size(predictor: MaskPredictor) -> int:
+    return max(1, int(getattr(predictor, "decode_batch_size", DEFAULT_DECODE_BATCH)))
+
+
+def decode_masks(predictor: MaskPredictor, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
+    """Decode through the richest method the predictor has."""
+    if hasattr(predictor, "decode"):
+        return predictor.decode(boxes, areas)
+    return DecodedMasks(np.asarray(predictor.decode_low_res(boxes), dtype=np.float32))
 
 
 def config_for_checkpoint(checkpoint: Path) -> str | Path:
