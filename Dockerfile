@@ -43,7 +43,10 @@ COPY --from=builder /opt/sam2/checkpoints /opt/sam2/checkpoints
 WORKDIR /app
 COPY entrypoint.py ./
 COPY sam2_refine/ ./sam2_refine/
+# SAM2_REFINE_EXPECT_GPU: this image is built for NVIDIA GPUs, so a run that finds none
+# warns and says why (sam2_refine/device.py).
 ENV SAM2_CHECKPOINT_DIR=/opt/sam2/checkpoints \
+    SAM2_REFINE_EXPECT_GPU=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/conda/envs/worker/bin:${PATH}
 

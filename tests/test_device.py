@@ -1,0 +1,132 @@
+"""Where the model runs: the CPUs a container may use, and why a GPU image found no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sam2_refine.device import (
+    EXPECT_GPU_VARIABLE,
+    choose_device,
+    cgroup_cpu_quota,
+    read_driver_version,
+    usable_cpu_count,
+    why_no_gpu,
+)
+
+EIGHT_CPUS = set(range(8))
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def cgroup_v2(tmp_path: Path, cpu_max: str, path: str = "/") -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    write(root.joinpath(*[p for p in path.split("/") if p], "cpu.max"), cpu_max)
+    membership = tmp_path / "proc_self_cgroup"
+    write(membership, f"0::{path}\n")
+    return root, membership
+
+
+def test_v2_quota_of_one_and_a_half_cpus_gives_two_threads(tmp_path):
+    root, membership = cgroup_v2(tmp_path, "150000 100000\n")
+    assert cgroup_cpu_quota(root, membership) == 1.5
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 2
+
+
+def test_v2_unlimited_quota_leaves_the_affinity_mask(tmp_path):
+    root, membership = cgroup_v2(tmp_path, "max 100000\n")
+    assert cgroup_cpu_quota(root, membership) is None
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 8
+    assert usable_cpu_count(root, membership, {2, 5}) == 2
+
+
+def test_v2_an_ancestors_tighter_quota_wins(tmp_path):
+    root, membership = cgroup_v2(tmp_path, "400000 100000\n", path="/kubepods/pod1/container")
+    write(root / "kubepods" / "cpu.max", "300000 100000\n")
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 3
+
+
+def test_v1_cfs_quota(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "cpu,cpuacct" / "cpu.cfs_quota_us", "250000\n")
+    write(root / "cpu,cpuacct" / "cpu.cfs_period_us", "100000\n")
+    membership = tmp_path / "proc_self_cgroup"
+    # Without a cgroup namespace the path names the host's hierarchy, absent in the container's mount.
+    write(membership, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert cgroup_cpu_quota(root, membership) == 2.5
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 3
+
+
+def test_v1_unlimited_quota(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "cpu" / "cpu.cfs_quota_us", "-1\n")
+    write(root / "cpu" / "cpu.cfs_period_us", "100000\n")
+    membership = tmp_path / "proc_self_cgroup"
+    write(membership, "2:cpu:/\n")
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 8
+
+
+def test_a_tiny_quota_still_gets_one_thread(tmp_path):
+    root, membership = cgroup_v2(tmp_path, "10000 100000\n")
+    assert usable_cpu_count(root, membership, EIGHT_CPUS) == 1
+
+
+def test_no_cgroup_files_means_the_affinity_mask(tmp_path):
+    assert usable_cpu_count(tmp_path / "none", tmp_path / "missing", {0, 1, 2}) == 3
+
+
+def test_driver_version_is_read_from_the_kernel_modules_banner(tmp_path):
+    banner = tmp_path / "version"
+    banner.write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+        "GCC version:  gcc version 12.2.0\n"
+    )
+    assert read_driver_version(banner) == "535.104.05"
+    assert read_driver_version(tmp_path / "absent") is None
+
+
+def test_an_old_driver_is_named_with_the_branch_cuda_needs():
+    reason = why_no_gpu("13.2", None, "535.104.05", ["The NVIDIA driver on your system is too old (found version 12020)."])
+    assert "CUDA 13.2" in reason and "535.104.05" in reason and "580 or newer" in reason
+    assert "too old (found version 12020)" in reason
+
+
+@pytest.mark.parametrize(
+    ("torch_cuda", "visible", "driver", "expected"),
+    [
+        (None, None, "580.65.06", "CPU-only build"),
+        ("13.2", "", "580.65.06", "CUDA_VISIBLE_DEVICES='' hides every GPU"),
+        ("13.2", None, None, "no NVIDIA driver is visible inside the container"),
+    ],
+)
+def test_other_reasons_for_no_gpu(torch_cuda, visible, driver, expected):
+    assert expected in why_no_gpu(torch_cuda, visible, driver)
+
+
+def test_this_machine_runs_on_the_cpu_with_its_usable_cpus():
+    """Through the installed torch: this project's machines have no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    choice = choose_device(environ={})
+    assert choice.kind == "cpu"
+    assert choice.threads == usable_cpu_count()
+    assert choice.description == f"CPU, {choice.threads} thread{'s' if choice.threads != 1 else ''}"
+    assert choice.warning is None
+
+
+def test_a_gpu_image_without_a_gpu_warns_and_says_why():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    choice = choose_device(environ={EXPECT_GPU_VARIABLE: "1"})
+    assert choice.kind == "cpu"
+    assert choice.warning is not None
+    assert "built for NVIDIA GPUs but found no usable GPU" in choice.warning
+    assert why_no_gpu(torch.version.cuda, None, read_driver_version()) in choice.warning
