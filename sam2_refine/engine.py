@@ -2,13 +2,16 @@
 
 Each original becomes at most one refined polygon, or a reason why it has none. The
 engine prompts SAM2 with each original's bounding box, decodes boxes in batches, and
-upsamples each object's low-resolution logits only over its box plus margin, so memory
-does not grow with frame size times object count, and a mask cannot spill onto
-neighbours outside that area.
+resizes each object's low-resolution logits to image pixels only over its search area
+(box plus margin), so memory does not grow with frame size times object count. The
+outline is the sub-pixel zero crossing of those logits (geometry.py). A mask that
+reaches the edge of its search area is followed further, up to the window's edge, never
+cut there; one that reaches the window's edge (not the frame's) is flagged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -16,8 +19,8 @@ from enum import StrEnum
 import numpy as np
 from shapely.geometry import Polygon
 
-from . import tiling
-from .geometry import clip_to_image, coordinates_to_points, mask_to_polygon
+from . import geometry, tiling
+from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
 from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks
 from .tiling import Box
@@ -130,20 +133,86 @@ def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> 
     return tiling.auto_windows(boxes, width, height)
 
 
+# A region (col0, row0, col1, row1), end-exclusive, in window pixels.
+Region = tuple[int, int, int, int]
+
+
+def _grown(region: Region, sides: tuple[bool, bool, bool, bool], step: int, window: Window) -> Region:
+    """`region` with its (left, top, right, bottom) `sides` moved out by `step`, within the window."""
+    col0, row0, col1, row1 = region
+    left, top, right, bottom = sides
+    return (
+        max(0, col0 - step) if left else col0,
+        max(0, row0 - step) if top else row0,
+        min(window.width, col1 + step) if right else col1,
+        min(window.height, row1 + step) if bottom else row1,
+    )
+
+
+def _open_sides(region: Region, window: Window) -> tuple[bool, bool, bool, bool]:
+    """Which sides of `region` lie inside the window, so a mask may go on beyond them."""
+    col0, row0, col1, row1 = region
+    return col0 > 0, row0 > 0, col1 < window.width, row1 < window.height
+
+
 def _refine_one(
-    low_res: np.ndarray, box: Box, window: Window, frame_width: int, frame_height: int, settings: RefineSettings
+    low_res: np.ndarray,
+    box: Box,
+    window: Window,
+    frame_width: int,
+    frame_height: int,
+    settings: RefineSettings,
+    whole_window_logits: Callable[[], np.ndarray] | None = None,
 ) -> Outcome:
-    col0, row0, col1, row1 = tiling.search_area(box, frame_width, frame_height)
-    region = (col0 - window.left, row0 - window.top, col1 - window.left, row1 - window.top)
-    mask = upsample_region(low_res, window.height, window.width, region)
-    if not mask.any():
-        return Outcome(None, EMPTY_MASK)
-    polygon = mask_to_polygon(mask, settings.smoothing, settings.padding, offset=(col0, row0))
+    """One object's outline from its low-resolution logits over `window`.
+
+    The logits are read over the object's search area (box plus margin). Where the mask
+    reaches a side of that area that lies inside the window, the area grows on that side
+    until the mask no longer reaches it or the area reaches the window's edge; a mask that
+    still reaches a window edge that is not the frame's gets `Reason.REACHES_VIEW_EDGE`.
+    `low_res` need only be valid over the search area when `whole_window_logits` is
+    given: it is called (once) for logits valid over the whole window before growing.
+    """
+    region = _window_region(box, window, frame_width, frame_height)
+    field = resize_region(low_res, window.height, window.width, region)
+    piece = geometry.largest_piece(field > 0)
+    if piece is None:
+        return Outcome(None, Reason.EMPTY_MASK)
+    step = math.ceil(tiling.margin_for(box))
+    reaching = tuple(t and o for t, o in zip(geometry.touched_sides(piece), _open_sides(region, window)))
+    if any(reaching) and whole_window_logits is not None:
+        low_res = whole_window_logits()
+    while any(reaching):
+        # Follow the piece into the grown region through its strongest pixel.
+        seed_row, seed_col = np.unravel_index(np.argmax(np.where(piece, field, -np.inf)), field.shape)
+        seed_row, seed_col = seed_row + region[1], seed_col + region[0]
+        region = _grown(region, reaching, step, window)
+        field = resize_region(low_res, window.height, window.width, region)
+        piece = geometry.piece_at(field > 0, seed_row - region[1], seed_col - region[0])
+        if piece is None:
+            return Outcome(None, Reason.EMPTY_MASK)
+        reaching = tuple(t and o for t, o in zip(geometry.touched_sides(piece), _open_sides(region, window)))
+        step *= 2
+    doubts = (Reason.REACHES_VIEW_EDGE,) if _reaches_view_edge(piece, region, window, frame_width, frame_height) else ()
+    outline = geometry.piece_outline(field, piece, offset=(region[0] + window.left, region[1] + window.top))
+    polygon = None if outline is None else geometry.finish_outline(outline, settings.smoothing, settings.padding)
     if polygon is not None:
         polygon = clip_to_image(polygon, frame_width, frame_height)
     if polygon is None:
-        return Outcome(None, VANISHED)
-    return Outcome(polygon)
+        return Outcome(None, Reason.VANISHED)
+    return Outcome(polygon, doubts=doubts)
+
+
+def _reaches_view_edge(piece: np.ndarray, region: Region, window: Window, frame_width: int, frame_height: int) -> bool:
+    """Whether the piece touches a window edge that is not also the frame's edge."""
+    left, top, right, bottom = geometry.touched_sides(piece)
+    col0, row0, col1, row1 = region
+    return (
+        (left and col0 == 0 and window.left > 0)
+        or (top and row0 == 0 and window.top > 0)
+        or (right and col1 == window.width and window.left + window.width < frame_width)
+        or (bottom and row1 == window.height and window.top + window.height < frame_height)
+    )
 
 
 def _with_scores(outcome: Outcome, decoded: DecodedMasks, k: int) -> Outcome:
@@ -151,6 +220,20 @@ def _with_scores(outcome: Outcome, decoded: DecodedMasks, k: int) -> Outcome:
         return None if values is None else float(values[k])
 
     return replace(outcome, predicted_iou=score(decoded.predicted_iou), object_score=score(decoded.object_score))
+
+
+def _window_region(box: Box, window: Window, frame_width: int, frame_height: int) -> Region:
+    """The box's search area in window pixels: where `_refine_one` first reads its logits."""
+    col0, row0, col1, row1 = tiling.search_area(box, frame_width, frame_height)
+    return col0 - window.left, row0 - window.top, col1 - window.left, row1 - window.top
+
+
+def _whole_window_decoder(predictor: MaskPredictor, window_box: np.ndarray) -> Callable[[], np.ndarray] | None:
+    """For a predictor that may compute logits only over the areas asked for, a call that
+    decodes one box (1, 4) again over the whole window; None when logits always cover it."""
+    if not hasattr(predictor, "decode"):
+        return None
+    return lambda: decode_masks(predictor, window_box, None).logits[0]
 
 
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
@@ -201,9 +284,13 @@ def refine_frame(
                   boxes[i].x1 - window.left, boxes[i].y1 - window.top] for i in batch],
                 dtype=np.float32,
             )
-            decoded = decode_masks(predictor, window_boxes)
+            areas = np.array([_window_region(boxes[i], window, width, height) for i in batch], dtype=np.int64)
+            decoded = decode_masks(predictor, window_boxes, areas)
             for k, member in enumerate(batch):
-                outcome = _refine_one(decoded.logits[k], boxes[member], window, width, height, settings)
+                outcome = _refine_one(
+                    decoded.logits[k], boxes[member], window, width, height, settings,
+                    _whole_window_decoder(predictor, window_boxes[k:k + 1]),
+                )
                 outcomes[box_owner[member]] = _with_scores(outcome, decoded, k)
             done += len(batch)
             on_progress(done)

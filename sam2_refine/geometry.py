@@ -1,8 +1,20 @@
-"""Masks to polygons, exact to the pixel.
+"""Fields to polygons: the sub-pixel zero crossing of a mask field.
 
 Frame: platform coordinates, x = image column, y = image row, with pixel (r, c) the
-square [c, c+1] x [r, r+1]. Outlines follow pixel edges, so a block of pixels becomes
-exactly its square: there is no half-pixel shift and no sub-pixel guessing.
+square [c, c+1] x [r, r+1]. A field (SAM2's logits resized to image pixels, or a 0/1
+mask as ±0.5) holds one value per pixel, sampled at the pixel's centre
+(c + 0.5, r + 0.5); > 0 is inside. The outline is where the field crosses zero, with
+linear interpolation between neighbouring centres (marching squares,
+skimage.measure.find_contours), so it follows the model's boundary to a fraction of a
+pixel instead of the pixel edges. On a 0/1 mask the crossing lies on the pixel edges
+half-way between centres, with each convex corner cut by a 0.5-pixel diagonal: a
+hole-free piece of N pixels becomes an outline of area N - 0.5 (4 convex corners more
+than concave ones, 1/8 pixel each).
+
+Smoothing removes vertices (Douglas-Peucker with that tolerance in pixels), then moves
+the simplified outline's edges along their normals by the one distance that restores the
+area enclosed before simplifying, so simplification neither shrinks convex cells nor
+grows concave ones. Padding is a true offset of the outline with round joins.
 """
 
 from __future__ import annotations
@@ -12,132 +24,158 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
+from skimage.measure import find_contours
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+# Field value beyond the field's edge: the outline closes there, just outside the field.
+_OUTSIDE = -1.0e6
+# Newton steps that restore the area after simplification; 3 reach 1e-9 relative.
+_AREA_STEPS = 3
+_PADDING_QUAD_SEGMENTS = 8  # segments per quarter circle of a round join
 
-# Unit steps (dx, dy) with y pointing down the image.
-_EAST, _SOUTH, _WEST, _NORTH = (1, 0), (0, 1), (-1, 0), (0, -1)
 
-
-def largest_piece(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """The largest 4-connected piece of `mask` with its holes filled, cropped to its
-    bounding box, and the (row, col) of that crop's first pixel; None if empty."""
+def largest_piece(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 4-connected piece of `mask` (same shape, bool, holes not filled); None if empty."""
     labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    biggest = int(np.argmax(sizes))
-    rows, cols = ndimage.find_objects(labels)[biggest - 1]
-    piece = labels[rows, cols] == biggest
-    return ndimage.binary_fill_holes(piece, structure=_FOUR_CONNECTED), (rows.start, cols.start)
+    return labels == int(np.argmax(sizes))
 
 
-def _boundary_edges(piece: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """Directed unit edges around the piece, keyed by start corner (x, y).
+def piece_at(mask: np.ndarray, row: int, col: int) -> np.ndarray | None:
+    """The 4-connected piece of `mask` holding pixel (row, col); None if that pixel is outside."""
+    if not mask[row, col]:
+        return None
+    labels, _ = ndimage.label(mask, structure=_FOUR_CONNECTED)
+    return labels == labels[row, col]
 
-    Each edge runs with the piece on its right (clockwise on screen), so every corner
-    of a simple outline has one outgoing edge.
+
+def touched_sides(piece: np.ndarray) -> tuple[bool, bool, bool, bool]:
+    """Whether the piece reaches the field's (left, top, right, bottom) edge."""
+    return bool(piece[:, 0].any()), bool(piece[0, :].any()), bool(piece[:, -1].any()), bool(piece[-1, :].any())
+
+
+def _ring_area(rows: np.ndarray, cols: np.ndarray) -> float:
+    return 0.5 * abs(float(np.dot(cols[:-1], rows[1:]) - np.dot(cols[1:], rows[:-1])))
+
+
+def piece_outline(field: np.ndarray, piece: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Polygon | None:
+    """The outer zero crossing of `field` around `piece`, in platform coordinates.
+
+    `field` (rows, cols) is sampled at pixel centres; its pixel (0, 0) is the square
+    whose top-left corner is platform point `offset` = (x0, y0). `piece` is one
+    4-connected piece of `field > 0`; other positive pixels are ignored and the piece's
+    holes are filled (only the outer ring is kept). Where the piece reaches the field's
+    edge, the outline is cut along that edge.
     """
-    padded = np.pad(piece, 1)
-    inside = padded[1:-1, 1:-1]
-    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    sides = (
-        (padded[:-2, 1:-1], (0, 0), _EAST),   # top side, from the top-left corner
-        (padded[1:-1, 2:], (1, 0), _SOUTH),   # right side, from the top-right corner
-        (padded[2:, 1:-1], (1, 1), _WEST),    # bottom side, from the bottom-right corner
-        (padded[1:-1, :-2], (0, 1), _NORTH),  # left side, from the bottom-left corner
-    )
-    for neighbour, (corner_dx, corner_dy), step in sides:
-        rows, cols = np.nonzero(inside & ~neighbour)
-        for row, col in zip(rows.tolist(), cols.tolist()):
-            edges.setdefault((col + corner_dx, row + corner_dy), []).append(step)
-    return edges
+    rows, cols = np.nonzero(piece)
+    if rows.size == 0:
+        return None
+    height, width = field.shape
+    # One pixel of context around the piece, where the field has it.
+    row0, row1 = max(rows.min() - 1, 0), min(rows.max() + 2, height)
+    col0, col1 = max(cols.min() - 1, 0), min(cols.max() + 2, width)
+    crop = field[row0:row1, col0:col1]
+    inside = piece[row0:row1, col0:col1]
+    values = np.where(inside, crop, np.minimum(crop, -1e-6)).astype(np.float64)
+    # Beyond the field's edge: the edge values once more, then far outside, so the outline
+    # closes outside the field and clipping to the field's rectangle cuts it on the edge.
+    values = np.pad(np.pad(values, 1, mode="edge"), 1, constant_values=_OUTSIDE)
+    contours = find_contours(values, 0.0, fully_connected="low")
+    if not contours:
+        return None
+    ring = max(contours, key=lambda c: _ring_area(c[:, 0], c[:, 1]))
+    # Padded crop index -> field index (-2 + crop start) -> platform point at the pixel centre (+0.5).
+    x = ring[:, 1] + (col0 - 2 + 0.5 + offset[0])
+    y = ring[:, 0] + (row0 - 2 + 0.5 + offset[1])
+    polygon: BaseGeometry = Polygon(np.column_stack([x, y]))
+    if not polygon.is_valid:
+        polygon = shapely.make_valid(polygon)
+    if any(touched_sides(piece)):
+        polygon = polygon.intersection(box(offset[0], offset[1], offset[0] + width, offset[1] + height))
+    return largest_polygon(polygon)
 
 
-def _right_turn(step: tuple[int, int]) -> tuple[int, int]:
-    return (-step[1], step[0])
-
-
-def _left_turn(step: tuple[int, int]) -> tuple[int, int]:
-    return (step[1], -step[0])
-
-
-def trace_outline(piece: np.ndarray) -> list[tuple[int, int]]:
-    """Corners (x, y) of the outer outline of a hole-free 4-connected piece, in the
-    piece's own frame, with only the corners where the outline turns."""
-    edges = _boundary_edges(piece)
-    start = min(edges)  # top-most row's left-most corner: an outer-outline corner
-    corner, step = start, edges[start][0]
-    corners: list[tuple[int, int]] = []
-    previous_step = None
-    while True:
-        if step != previous_step:
-            corners.append(corner)
-        corner = (corner[0] + step[0], corner[1] + step[1])
-        previous_step = step
-        if corner == start:
-            break
-        choices = edges[corner]
-        # Where two pieces touch at a corner only, turning right keeps to this piece.
-        for candidate in (_right_turn(step), step, _left_turn(step)):
-            if candidate in choices:
-                step = candidate
-                break
-    if corners and previous_step == edges[start][0]:
-        corners.pop(0)  # the start lies in the middle of a straight run
-    return corners
-
-
-def _largest_polygon(geometry: BaseGeometry) -> Polygon | None:
+def largest_polygon(geometry: BaseGeometry) -> Polygon | None:
+    """The largest polygon of `geometry`, outer ring only; None if there is none."""
     if geometry.is_empty:
         return None
-    if isinstance(geometry, Polygon):
-        return geometry
-    polygons = [g for g in getattr(geometry, "geoms", []) if isinstance(g, Polygon) and not g.is_empty]
-    nested = [p for g in getattr(geometry, "geoms", []) if isinstance(g, MultiPolygon) for p in g.geoms]
-    candidates = polygons + nested
-    return max(candidates, key=lambda p: p.area) if candidates else None
+    candidates = [g for g in shapely.get_parts(geometry) if isinstance(g, Polygon) and not g.is_empty]
+    candidates += [p for g in shapely.get_parts(geometry) if isinstance(g, MultiPolygon) for p in g.geoms]
+    if not candidates:
+        return None
+    biggest = max(candidates, key=lambda p: p.area)
+    return Polygon(biggest.exterior) if biggest.area > 0 else None
+
+
+def simplify_keeping_area(polygon: Polygon, tolerance: float) -> Polygon | None:
+    """Douglas-Peucker with `tolerance` (pixels), then an offset of the simplified outline
+    (mitred, so no vertices are added) by the distance that restores `polygon`'s area.
+
+    Douglas-Peucker keeps vertices on the outline and cuts across every bulge, so on its
+    own it shrinks convex cells; the offset removes that bias.
+    """
+    simple = largest_polygon(polygon.simplify(tolerance, preserve_topology=True))
+    if simple is None:
+        return None
+    target = polygon.area
+    corrected = simple
+    distance = 0.0
+    for _ in range(_AREA_STEPS):
+        deficit = target - corrected.area
+        if abs(deficit) <= 1e-9 * target:
+            break
+        distance += deficit / corrected.length  # d(area)/d(offset) is the perimeter
+        corrected = largest_polygon(simple.buffer(distance, join_style="mitre", mitre_limit=2.0)) or simple
+    return corrected
+
+
+def finish_outline(polygon: Polygon, smoothing: float, padding: float) -> Polygon | None:
+    """Padding (a true offset with round joins, pixels) then smoothing (see the module)."""
+    result: Polygon | None = polygon
+    if padding:
+        result = largest_polygon(polygon.buffer(padding, quad_segs=_PADDING_QUAD_SEGMENTS, join_style="round"))
+    if result is None:
+        return None
+    # Vertices on straight runs carry nothing, so they go even at smoothing 0.
+    result = simplify_keeping_area(result, smoothing) if smoothing > 0 else largest_polygon(result.simplify(0))
+    if result is None or result.area <= 0:
+        return None
+    return result
+
+
+def field_to_polygon(
+    field: np.ndarray, smoothing: float, padding: float, offset: tuple[float, float] = (0.0, 0.0)
+) -> Polygon | None:
+    """The outline of the largest piece of `field > 0` (see `piece_outline`), padded and
+    smoothed; None when nothing valid remains."""
+    piece = largest_piece(field > 0)
+    if piece is None:
+        return None
+    outline = piece_outline(field, piece, offset)
+    return None if outline is None else finish_outline(outline, smoothing, padding)
 
 
 def mask_to_polygon(
     mask: np.ndarray, smoothing: float, padding: float, offset: tuple[float, float] = (0.0, 0.0)
 ) -> Polygon | None:
-    """The outline of the largest piece of `mask`, in platform coordinates.
+    """The outline of the largest piece of a binary mask, in platform coordinates.
 
-    `mask` is a 2-D bool array (rows, cols) whose pixel (0, 0) lies at platform point
-    `offset` = (x0, y0). Holes are filled. `padding` grows (positive) or shrinks
-    (negative) the outline by that many pixels with mitred corners, so a square stays a
-    square; then `smoothing` is the simplification tolerance in pixels (0 = none).
-    Returns None when nothing valid remains.
+    The same rules as for logits, applied to the field +0.5 inside, -0.5 outside: the
+    outline runs along the pixel edges with convex corners cut by 0.5-pixel diagonals
+    (area = pixel count - 0.5 for a hole-free piece). `mask` is a 2-D bool array whose
+    pixel (0, 0) lies at platform point `offset` = (x0, y0). Returns None when nothing
+    valid remains.
     """
-    found = largest_piece(np.asarray(mask, dtype=bool))
-    if found is None:
-        return None
-    piece, (row0, col0) = found
-    x0, y0 = offset[0] + col0, offset[1] + row0
-    corners = np.asarray(trace_outline(piece), dtype=np.float64) + (x0, y0)
-    polygon: BaseGeometry = Polygon(corners)
-    if not polygon.is_valid:
-        polygon = shapely.make_valid(polygon)
-    if padding:
-        polygon = polygon.buffer(padding, join_style="mitre", mitre_limit=2.0)
-    polygon = _largest_polygon(polygon)
-    if polygon is None:
-        return None
-    if smoothing > 0:
-        polygon = _largest_polygon(polygon.simplify(smoothing, preserve_topology=True))
-    if polygon is None or polygon.area <= 0:
-        return None
-    return Polygon(polygon.exterior)
+    field = np.where(np.asarray(mask, dtype=bool), 0.5, -0.5)
+    return field_to_polygon(field, smoothing, padding, offset)
 
 
 def clip_to_image(polygon: Polygon, width: int, height: int) -> Polygon | None:
     """The largest part of `polygon` inside the image [0, width] x [0, height]."""
-    clipped = _largest_polygon(polygon.intersection(box(0, 0, width, height)))
-    if clipped is None or clipped.area <= 0:
-        return None
-    return Polygon(clipped.exterior)
+    return largest_polygon(polygon.intersection(box(0, 0, width, height)))
 
 
 def polygon_to_coordinates(polygon: Polygon) -> list[dict[str, float]]:

@@ -15,6 +15,13 @@ gets a window just big enough for it, which SAM2 then downscales. A frame narrow
 a window's side limits the window to the frame along that axis; SAM2 stretches such a
 non-square window to its square input, which only adds detail along the short side.
 
+Each window is then shrunk to the smallest square that still holds its members' boxes
+with their margins and gives SAM2 context around them: a side of at least 4 x the largest
+member's box side and at least 256 pixels (one low-resolution pixel per image pixel),
+never more than the side chosen above; it is centred on its members. Shrinking changes
+no membership, so the number of windows is that of the greedy placement, while each
+object is seen at the finest resolution its window allows.
+
 Cost: one encoder run per window. Dense small objects in a large frame need many
 windows (e.g. 24-pixel cells: 362-pixel windows, up to about 45 for a 2048² frame
 covered edge to edge).
@@ -32,6 +39,8 @@ LOW_RES_SIZE = 256     # SAM2's low-resolution mask side
 MIN_WINDOW_SIDE = 64
 MIN_MARGIN = 8.0       # image pixels
 MARGIN_FRACTION = 0.25 # of the box's longer side
+CONTEXT_FACTOR = 4     # a window's side is at least this many times its largest member's box side
+MIN_CONTEXT_SIDE = 256 # and at least this (one low-resolution pixel per image pixel)
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,9 @@ def whole_frame(boxes: list[Box], width: int, height: int) -> list[tuple[Window,
     return [(Window(0, 0, width, height), list(range(len(boxes))))] if boxes else []
 
 
-def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
-    """Windows covering every box with its margin, each listed with the boxes it holds."""
+def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
+    """Windows of the largest allowed side covering every box with its margin, each
+    listed with the boxes it holds (the placement rule in the module's docstring)."""
     areas = [search_area(b, width, height) for b in boxes]
     limits = [side_limit(b) for b in boxes]
     unplaced = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
@@ -114,3 +124,32 @@ def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window
         taken = set(members)
         unplaced = [i for i in unplaced if i not in taken]
     return windows
+
+
+def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:
+    """A span of `side` pixels holding [start, stop) about its middle, moved inside [0, extent)."""
+    return _place(start - (side - (stop - start)) // 2, side, extent)
+
+
+def shrink_window(window: Window, member_boxes: list[Box], width: int, height: int) -> Window:
+    """The smallest square window (within `window`'s side) that holds every member's search
+    area and gives SAM2 context: a side of at least CONTEXT_FACTOR x the largest member's
+    box side and at least MIN_CONTEXT_SIDE, centred on the members."""
+    areas = [search_area(b, width, height) for b in member_boxes]
+    col0, row0 = min(a[0] for a in areas), min(a[1] for a in areas)
+    col1, row1 = max(a[2] for a in areas), max(a[3] for a in areas)
+    context = CONTEXT_FACTOR * max(b.longer_side for b in member_boxes)
+    side = max(col1 - col0, row1 - row0, math.ceil(context), MIN_CONTEXT_SIDE)
+    side = min(side, max(window.width, window.height))
+    left, window_width = _centred(col0, col1, max(side, col1 - col0), width)
+    top, window_height = _centred(row0, row1, max(side, row1 - row0), height)
+    return Window(left, top, window_width, window_height)
+
+
+def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
+    """Windows covering every box with its margin, each listed with the boxes it holds:
+    the greedy placement, then each window shrunk to what its members need."""
+    return [
+        (shrink_window(window, [boxes[i] for i in members], width, height), members)
+        for window, members in greedy_windows(boxes, width, height)
+    ]

@@ -1,13 +1,15 @@
 """A predictor with known answers, for testing windows, offsets and scaling exactly.
 
-It knows the true objects (disks and rectangles in image coordinates) and answers each
+It knows the true objects (disks, rectangles and cell-like stars in image coordinates) and answers each
 box prompt with the signed distance to the object nearest the box's centre, sampled at
 the centres of the low-resolution grid over the current window, exactly where SAM2's
 logits live. Bilinear upsampling of a signed distance reproduces the outline to well
 under a pixel, so any error in placing, scaling or offsetting windows shows up.
 
 Used in-process (`OraclePredictor(shapes)`) and by the worker subprocess through
-SAM2_REFINE_PREDICTOR=tests.oracle:from_environment with ORACLE_SHAPES=<json file>.
+SAM2_REFINE_PREDICTOR=tests.oracle:from_environment with ORACLE_SHAPES=<json file>;
+`ScoredOraclePredictor` (tests.oracle:scored_from_environment) adds the optional scored
+`decode(boxes, areas)` and leaves logits outside the areas uncomputed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2_refine.model import Window
+from sam2_refine.model import DecodedMasks, Window
 
 LOW_RES = 256
 
@@ -73,7 +75,50 @@ class Rect:
                 {"x": self.x1 + grow, "y": self.y1 + grow}, {"x": self.x0 - grow, "y": self.y1 + grow}]
 
 
-Shape = Disk | Rect
+@dataclass(frozen=True)
+class Star:
+    """A cell-like outline in polar form about (cx, cy): r(t) = radius (1 + sum_k a_k cos(k t + phi_k)),
+    k = 2, 3, ... (a lumpy, possibly concave nucleus). Its field is the radial signed
+    distance r(t) - rho, whose zero set is exactly the outline."""
+
+    cx: float
+    cy: float
+    radius: float
+    amplitudes: tuple[float, ...] = ()
+    phases: tuple[float, ...] = ()
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.cx, self.cy
+
+    def radius_at(self, angle: np.ndarray) -> np.ndarray:
+        radius = np.ones_like(angle)
+        for k, (a, phi) in enumerate(zip(self.amplitudes, self.phases), start=2):
+            radius = radius + a * np.cos(k * angle + phi)
+        return self.radius * radius
+
+    def signed_distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx, dy = np.broadcast_arrays(x - self.cx, y - self.cy)
+        return self.radius_at(np.arctan2(dy, dx)) - np.hypot(dx, dy)
+
+    def outline(self, points: int = 4096) -> np.ndarray:
+        """(points, 2) (x, y) along the true outline."""
+        angle = np.linspace(0, 2 * np.pi, points, endpoint=False)
+        radius = self.radius_at(angle)
+        return np.column_stack([self.cx + radius * np.cos(angle), self.cy + radius * np.sin(angle)])
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        rows, cols = np.mgrid[:height, :width]
+        return self.signed_distance(cols + 0.5, rows + 0.5) > 0
+
+    def rough_outline(self, grow: float = 3.0, scale: float = 1.0) -> list[dict]:
+        """12 points on the outline scaled by `scale` about the centre, pushed out by `grow`."""
+        angle = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        radius = self.radius_at(angle) * scale + grow
+        return [{"x": float(self.cx + r * np.cos(a)), "y": float(self.cy + r * np.sin(a))} for r, a in zip(radius, angle)]
+
+
+Shape = Disk | Rect | Star
 
 
 class OraclePredictor:
@@ -106,16 +151,62 @@ class OraclePredictor:
         return np.stack(logits)
 
 
+def _low_res_span(start: int, stop: int, window_side: int) -> tuple[int, int]:
+    """The low-resolution cells [first, last] that bilinear resizing (align_corners=False)
+    reads for window pixels [start, stop)."""
+    scale = LOW_RES / window_side  # low-resolution cells per window pixel
+    first = int(np.floor(max((start + 0.5) * scale - 0.5, 0.0)))
+    last = int(np.floor(max((stop - 0.5) * scale - 0.5, 0.0))) + 1
+    return min(first, LOW_RES - 1), min(last, LOW_RES - 1)
+
+
+UNCOMPUTED = -1.0e4  # what the scored oracle leaves outside the areas it was asked for
+
+
+class ScoredOraclePredictor(OraclePredictor):
+    """The oracle with the optional `decode(boxes, areas)`: like SAM2 with region-only
+    upscaling, it computes logits only where each box's area needs them and leaves the
+    rest at UNCOMPUTED, so an engine that reads beyond the area it asked for sees it."""
+
+    def __init__(self, shapes: list[Shape]):
+        super().__init__(shapes)
+        self.decoded_areas: list[np.ndarray | None] = []
+
+    def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
+        logits = self.decode_low_res(boxes)
+        self.decoded_areas.append(None if areas is None else np.array(areas))
+        if areas is not None:
+            window = self._window
+            for k, (col0, row0, col1, row1) in enumerate(np.asarray(areas, dtype=np.int64)):
+                first_col, last_col = _low_res_span(col0, col1, window.width)
+                first_row, last_row = _low_res_span(row0, row1, window.height)
+                kept = logits[k, first_row:last_row + 1, first_col:last_col + 1].copy()
+                logits[k] = UNCOMPUTED
+                logits[k, first_row:last_row + 1, first_col:last_col + 1] = kept
+        count = len(boxes)
+        return DecodedMasks(logits, predicted_iou=np.full(count, 0.95, np.float32), object_score=np.full(count, 5.0, np.float32))
+
+
 def shapes_to_json(shapes: list[Shape]) -> str:
     return json.dumps([{"kind": type(s).__name__, **s.__dict__} for s in shapes])
 
 
 def shapes_from_json(text: str) -> list[Shape]:
-    kinds = {"Disk": Disk, "Rect": Rect}
-    return [kinds[item.pop("kind")](**item) for item in json.loads(text)]
+    kinds = {"Disk": Disk, "Rect": Rect, "Star": Star}
+    shapes = []
+    for item in json.loads(text):
+        kind = kinds[item.pop("kind")]
+        shapes.append(kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in item.items()}))
+    return shapes
 
 
 def from_environment(checkpoint) -> OraclePredictor:
-    """Predictor factory for the worker subprocess."""
+    """Predictor factory for the worker subprocess (the two-method protocol only)."""
     with open(os.environ["ORACLE_SHAPES"]) as handle:
         return OraclePredictor(shapes_from_json(handle.read()))
+
+
+def scored_from_environment(checkpoint) -> ScoredOraclePredictor:
+    """Predictor factory for the worker subprocess, with the optional scored `decode`."""
+    with open(os.environ["ORACLE_SHAPES"]) as handle:
+        return ScoredOraclePredictor(shapes_from_json(handle.read()))
