@@ -63,6 +63,7 @@ class ImageData:
         self.planes = np.ascontiguousarray(
             frames.transpose(0, 2, 1, 3, 4, 5).reshape(-1, self.height, self.width)
         )
+        self._histograms: dict[tuple[int, int], list[dict]] = {}
 
     @property
     def num_frames(self) -> int:
@@ -176,8 +177,15 @@ class ImageData:
     # --- tiles/histogram ----------------------------------------------------
 
     def histogram(self, query: dict[str, str]) -> list[dict]:
-        data = self.planes[self._frame(query.get("frame", 0))]
-        bins = _optional_int(query, "bins") or 256
+        """The frame's histogram, computed once per (frame, bins) as large_image caches it:
+        a client fetching many regions asks for it with each one."""
+        key = (self._frame(query.get("frame", 0)), _optional_int(query, "bins") or 256)
+        if key not in self._histograms:
+            self._histograms[key] = self._histogram(*key)
+        return self._histograms[key]
+
+    def _histogram(self, frame: int, bins: int) -> list[dict]:
+        data = self.planes[frame]
         values = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
         low, high = (values.min(), values.max()) if values.size else (0, 0)
         hist, edges = np.histogram(values, bins=bins, range=(float(low), float(max(high, low + 1))))

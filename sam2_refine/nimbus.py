@@ -30,6 +30,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from .errors import WorkerError
+from .model import Window
 from .parameters import DatasetSizes, Location
 
 MARKER_KEY = "sam2Refine"
@@ -222,6 +223,17 @@ class Platform:
             f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
             lambda: self.dataset.images.get_composite(
                 xy=location.xy, z=location.z, time=location.time, dtype="float32", max_size=max_size
+            ),
+        )
+
+    def window_image(self, location: Location, window: Window, max_size: int | None = None) -> np.ndarray:
+        """The part of the frame `window` covers, as `frame_image` draws it; with
+        `max_size`, downsampled by the server so its longer side is at most that."""
+        crop = (window.left, window.top, window.left + window.width, window.top + window.height)
+        return self._retrying(
+            f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
+            lambda: self.dataset.images.get_composite(
+                xy=location.xy, z=location.z, time=location.time, dtype="float32", max_size=max_size, crop=crop
             ),
         )
 

@@ -138,19 +138,22 @@ def parse_resolution(raw: Any) -> str:
     return str(raw)
 
 
-_RANGE_PART = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
+# At most 18 digits: no dataset comes near that, and int() refuses texts of 4300+ digits.
+_RANGE_PART = re.compile(r"^(\d{1,18})(?:\s*-\s*(\d{1,18}))?$")
 
 
-def parse_batch_text(field: str, text: str) -> list[int] | None:
-    """1-based Batch text -> sorted 0-based positions; None means "all".
+def parse_batch_text(field: str, text: str) -> list[tuple[int, int]] | None:
+    """1-based Batch text -> sorted, disjoint 0-based spans (first, last), both included;
+    None means "all".
 
     Accepts `3`, `1-3`, `1, 4-6` and `all` (any case). Empty text is handled by the caller
-    (it means the current tile).
+    (it means the current tile). Spans are never expanded here, so a range such as
+    `1-30000000` costs nothing until it is checked against the dataset's size.
     """
     fix = "Use 1-based positions such as 1-3, 5-8, or all."
     if text.strip().lower() == "all":
         return None
-    positions: set[int] = set()
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         match = _RANGE_PART.match(part)
@@ -160,8 +163,19 @@ def parse_batch_text(field: str, text: str) -> list[int] | None:
         last = int(match.group(2) or first)
         if first < 1 or last < first:
             raise ParameterError(field, f"{part!r} is not a valid range", fix)
-        positions.update(range(first - 1, last))
-    return sorted(positions)
+        spans.append((first - 1, last - 1))
+    return _merged(spans)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or adjacent spans joined, in order."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def batch_text_of(raw: Any, field: str) -> str:
@@ -237,17 +251,18 @@ def _positions_on_axis(params: RefineParameters, axis: str, size: int) -> list[i
                 f"Enter positions from 1 to {size}, or all.",
             )
         return [current]
-    positions = parse_batch_text(field, text)
-    if positions is None:
+    spans = parse_batch_text(field, text)
+    if spans is None:
         return list(range(size))
-    beyond = [p + 1 for p in positions if p >= size]
-    if beyond:
+    # Checked before expanding: the spans' end is the largest position asked for.
+    largest = spans[-1][1] + 1
+    if largest > size:
         raise ParameterError(
             field,
-            f"position {beyond[0]} is beyond this dataset's {size} {axis} position{'s' if size != 1 else ''}",
+            f"position {largest} is beyond this dataset's {size} {axis} position{'s' if size != 1 else ''}",
             f"Enter positions from 1 to {size}, or all.",
         )
-    return positions
+    return [position for first, last in spans for position in range(first, last + 1)]
 
 
 def resolve_locations(params: RefineParameters, sizes: DatasetSizes) -> list[Location]:

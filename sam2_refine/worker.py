@@ -12,7 +12,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from . import interface as ui
-from .engine import RefineSettings, WindowImages, crops_of, refine_frame
+from .engine import RefineSettings, WindowImages, refine_frame
 from .errors import WorkerError
 from .messages import Reporter, make_progress, plural, skipped_summary
 from .model import MODEL_INPUT_SIDE, MaskPredictor
@@ -52,31 +52,42 @@ def select_originals(
     return {location: grouped[location] for location in locations if grouped.get(location)}
 
 
-def whole_frame_fetch_size(frame: FrameGeometry) -> int | None:
-    """The longest side to fetch a whole frame at so that both sides still reach SAM2's
-    input size (it would downsample the rest away); None for full resolution."""
-    shorter = min(frame.width, frame.height)
+def model_fetch_size(width: int, height: int) -> int | None:
+    """The longest side to fetch a width x height region at so that both sides still reach
+    SAM2's input size (it would downsample the rest away); None for full resolution."""
+    shorter = min(width, height)
     if shorter <= MODEL_INPUT_SIDE:
         return None
-    return math.ceil(max(frame.width, frame.height) * MODEL_INPUT_SIDE / shorter)
+    return math.ceil(max(width, height) * MODEL_INPUT_SIDE / shorter)
+
+
+def whole_frame_fetch_size(frame: FrameGeometry) -> int | None:
+    return model_fetch_size(frame.width, frame.height)
 
 
 def window_images(
     platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter
 ) -> WindowImages:
-    """Where the engine gets its windows: one fetch of the frame per location."""
+    """Where the engine gets its windows, fetched at no more than the resolution SAM2 uses:
+    in Auto each window's own region, so memory follows the window and not the frame; in
+    Whole frame the frame, downsampled."""
+    warned = False
 
     def checked(image: np.ndarray) -> np.ndarray:
-        if not image.any():
+        nonlocal warned
+        if not warned and not image.any():
+            warned = True
             reporter.warning(
-                f"The image at {_where(location)} is black as displayed",
+                f"The image SAM2 sees at {_where(location)} is black as displayed",
                 info="Make at least one layer visible with a contrast that shows the cells.",
             )
         return image
 
     if resolution == ui.RESOLUTION_WHOLE_FRAME:
         return lambda window: checked(platform.frame_image(location, whole_frame_fetch_size(frame)))
-    return crops_of(checked(platform.frame_image(location)))
+    return lambda window: checked(
+        platform.window_image(location, window, model_fetch_size(window.width, window.height))
+    )
 
 
 def _where(location: Location) -> str:

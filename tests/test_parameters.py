@@ -91,13 +91,27 @@ def test_connect_to_is_read_when_it_has_tags():
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1", [0]), ("1-3", [0, 1, 2]), ("1, 4-6", [0, 3, 4, 5]), (" 2 - 3 ,2", [1, 2]), ("ALL", None), ("all", None)],
+    [("1", [(0, 0)]), ("1-3", [(0, 2)]), ("1, 4-6", [(0, 0), (3, 5)]), (" 2 - 3 ,2", [(1, 2)]),
+     ("5-6, 1-2, 3", [(0, 2), (4, 5)]), ("ALL", None), ("all", None)],
 )
 def test_batch_text(text, expected):
     assert parse_batch_text(ui.BATCH_XY, text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "3-1", "1-", "a", "1,,2", "1.5", "-2"])
+def test_a_huge_range_is_read_without_being_expanded():
+    """Expanding 10**12 positions would take terabytes; spans take a few bytes."""
+    assert parse_batch_text(ui.BATCH_TIME, f"1-{10**12}, 3") == [(0, 10**12 - 1)]
+
+
+def test_a_huge_range_is_refused_naming_the_valid_range():
+    with pytest.raises(ParameterError) as caught:
+        resolve_locations(parse(raw(**{ui.BATCH_TIME: f"2, 1-{10**12}"})), SIZES)
+    assert caught.value.field == ui.BATCH_TIME
+    assert f"position {10**12} is beyond this dataset's 5 Time positions" in caught.value.message
+    assert "1 to 5" in caught.value.info
+
+
+@pytest.mark.parametrize("text", ["0", "3-1", "1-", "a", "1,,2", "1.5", "-2", "1-" + "9" * 5000])
 def test_bad_batch_text_names_the_field(text):
     with pytest.raises(ParameterError) as caught:
         parse_batch_text(ui.BATCH_Z, text)
