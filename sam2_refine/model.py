@@ -12,9 +12,7 @@ low-resolution grid.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,8 +36,8 @@ OFFICIAL_CONFIGS = {
 # SAM2 resizes every input to this square side, in pixels.
 MODEL_INPUT_SIDE = 1024
 
-# Boxes decoded per call, by device type. On CPU one box per call is fastest per box
-# (benchmarks/PROPOSALS.md, `micro.py decode`); GPU sizes are unmeasured here (no GPU lent).
+# Boxes decoded per call, by device type. On CPU one box per call is as fast per box as
+# any batch (benchmarks/RESULTS.md); GPU sizes are unmeasured here (no GPU lent).
 DECODE_BATCH_SIZE = {"cpu": 1, "mps": 16, "cuda": 64}
 
 
@@ -124,83 +122,187 @@ def config_for_checkpoint(checkpoint: Path) -> str | Path:
     )
 
 
-def pick_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 # SAM2's input normalisation (ImageNet statistics, for images in [0, 1]).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-# What sam2.build_sam.build_sam2 applies to official configs (its apply_postprocessing).
-POSTPROCESSING_OVERRIDES = [
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-]
-_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+# What sam2.build_sam.build_sam2 applies to official configs (its apply_postprocessing);
+# applied to custom `name.yaml` configs too, so fine-tuned checkpoints decode alike.
+POSTPROCESSING = {
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+}
+# The mask decoder's low-resolution grid, and the image-embedding grid it upscales
+# from: one embedding cell becomes 4 x 4 low-resolution cells.
+LOW_RES_SIDE = 256
+EMBEDDING_SIDE = 64
+# What `decode` leaves in the logits outside the areas it was asked for (never read).
+NOT_DECODED = -1000.0
+# /proc/cpuinfo flags of CPUs that compute in bfloat16 natively (AVX-512 BF16, AMX).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
 
 
-@contextmanager
-def _without_random_init() -> Iterator[None]:
-    """torch.nn.init does nothing while the model is built: the checkpoint replaces every
-    parameter, so random initialisation would be wasted start-up time."""
-    from torch.nn import init
-
-    saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
-    for name in saved:
-        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+def native_bf16_flags(cpuinfo: Path = CPUINFO) -> list[str]:
+    """The NATIVE_BF16_FLAGS this CPU reports; empty off x86 Linux, where autocast
+    would emulate bfloat16 many times slower than fp32 (benchmarks/RESULTS.md)."""
     try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(init, name, function)
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    return []
 
 
-def _build_model(config: str | Path, checkpoint: Path, device: str):
-    """The SAM2 model of `config` with the weights of `checkpoint` (the official format,
-    {"model": state_dict}); the same model sam2.build_sam.build_sam2 builds."""
-    import torch
+def choose_precision(device_kind: str, cpuinfo: Path = CPUINFO) -> str:
+    """"bf16" (autocast) on CUDA and on CPUs with native bfloat16, else "fp32"."""
+    if device_kind == "cuda" or (device_kind == "cpu" and native_bf16_flags(cpuinfo)):
+        return "bf16"
+    return "fp32"
+
+
+def _model_settings(config: str | Path):
+    """The hydra settings of `config` (a packaged config name or a .yaml path), with POSTPROCESSING."""
     from hydra import compose
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     import sam2  # noqa: F401  (registers the packaged configs with hydra)
 
     if isinstance(config, str):
-        settings = compose(config_name=config, overrides=POSTPROCESSING_OVERRIDES)
+        settings = compose(config_name=config, overrides=[f"++{key}={str(value).lower()}" for key, value in POSTPROCESSING.items()])
     else:
         settings = OmegaConf.load(config)
+        for key, value in POSTPROCESSING.items():
+            OmegaConf.update(settings, key, value, force_add=True)
     OmegaConf.resolve(settings)
-    with _without_random_init():
+    return settings
+
+
+def _meta_construction():
+    """A torch function mode for building a model on the meta device.
+
+    - Initialisers do nothing: the checkpoint replaces every parameter (and `normal_` on
+      meta tensors would import torch._dynamo, a second of start-up).
+    - `arange` and `linspace` run on the CPU: sam2 reads drop-path rates from them with
+      `.item()` and builds its rotary encodings, which no checkpoint holds, from them.
+    - Meta tensors are not moved to another device (sam2 moves some to CUDA while building).
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    Tensor = torch.Tensor
+    unchanged = {Tensor.normal_, Tensor.uniform_, Tensor.erfinv_, Tensor.mul_, Tensor.add_, Tensor.clamp_,
+                 Tensor.fill_, Tensor.zero_, Tensor.to, Tensor.cuda}
+    scaled = {Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul}
+    on_cpu = {torch.arange, torch.linspace}
+
+    class MetaConstruction(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            subject = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes `tensor=`
+            if isinstance(subject, Tensor) and subject.is_meta:
+                if func in unchanged or getattr(func, "__module__", None) == "torch.nn.init":
+                    return subject
+                if func in scaled and len(args) == 2 and isinstance(args[1], (int, float)):
+                    return torch.empty_like(subject)
+            if func in on_cpu and kwargs.get("device") is None:
+                kwargs = {**kwargs, "device": "cpu"}
+            return func(*args, **kwargs)
+
+    return MetaConstruction()
+
+
+def _check_materialised(model) -> None:
+    """Every parameter, buffer and tensor attribute holds data: none was left on meta."""
+    import torch
+
+    left_on_meta = [
+        f"{module_name}.{name}" for module_name, module in model.named_modules()
+        for name, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False),
+                            *vars(module).items()]
+        if isinstance(value, torch.Tensor) and value.is_meta
+    ]
+    if left_on_meta:
+        raise RuntimeError(f"not in the checkpoint: {', '.join(left_on_meta)}")
+
+
+def _build_model(config: str | Path, checkpoint: Path, device: str):
+    """The SAM2 model of `config` with the weights of `checkpoint` (the official format,
+    {"model": state_dict}); the same model sam2.build_sam.build_sam2 builds. It is
+    constructed on the meta device (no memory, no random initialisation) and the
+    checkpoint's tensors are assigned to it."""
+    import torch
+    from hydra.utils import instantiate
+
+    settings = _model_settings(config)
+    with torch.device("meta"), _meta_construction():
         model = instantiate(settings.model, _recursive_=True)
     weights = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["model"]
     model.load_state_dict(weights, strict=True, assign=True)
+    _check_materialised(model)
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Rows or columns [start, stop) of a grid."""
+
+    start: int
+    stop: int
+
+
+def low_res_span(start: int, stop: int, window_size: int) -> _Span:
+    """The low-resolution cells that resizing the logits to `window_size` pixels reads for
+    window pixels [start, stop) (engine.resize_region's bilinear sampling), with one cell
+    to spare on each side against rounding."""
+    scale = LOW_RES_SIDE / window_size
+    first = max(0.0, (start + 0.5) * scale - 0.5)
+    last = max(0.0, (max(stop, start + 1) - 0.5) * scale - 0.5)
+    return _Span(max(0, int(first) - 1), min(LOW_RES_SIDE, int(last) + 3))
+
+
+def embedding_span(cells: _Span) -> _Span:
+    """The embedding cells whose upscaling produces low-resolution `cells` (4 per cell)."""
+    return _Span(cells.start // 4, -(-cells.stop // 4))
 
 
 class Sam2Predictor:
     """SAM2 for box prompts, one mask per box.
 
-    It does what sam2's SAM2ImagePredictor does for this case, without importing it:
-    that module pulls in torchvision, which costs seconds of start-up.
+    It does what sam2's SAM2ImagePredictor does for this case, without importing it
+    (that module pulls in torchvision, seconds of start-up), and computes less:
+    - the mask decoder's upscaling runs only over the embedding cells that cover the
+      area the engine reads (`decode`'s `areas`). Its layers (two 2 x 2 stride-2
+      transposed convolutions, a per-pixel LayerNorm, GELU, per-pixel adds of the
+      high-resolution features, the hypernetwork product) are pixel-local, so the logits
+      there are the full decoder's. SAM2's fallback to its best multi-mask output when
+      the single mask is unstable (build_sam2's `dynamic_multimask_via_stability`) is
+      judged on those cells; it is the full decoder's judgement whenever no logit outside
+      the area exceeds -0.05, i.e. whenever the object lies inside its area;
+    - the first two-way attention block's projections of the image tokens are computed
+      once per window: with box prompts the dense prompt embedding is the constant
+      `no_mask_embed`, so they are the same for every box.
+    tests/test_decoder_equivalence.py checks both against sam2's own decoder.
     """
 
-    def __init__(self, checkpoint: Path, device: str | None = None):
+    def __init__(self, checkpoint: Path, device: str | None = None, precision: str | None = None):
         import torch
 
-        self.device = device or pick_device()
+        from .device import choose_device
+
+        choice = choose_device(device)
+        self.device = choice.kind
         if self.device == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(choice.threads)
         if self.device == "cuda" and torch.cuda.get_device_properties(0).major >= 8:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.precision = precision or choose_precision(self.device)
+        self.device_description = f"{choice.description}, {self._precision_words()}"
+        self.device_warning = choice.warning
         config = config_for_checkpoint(checkpoint)
         try:
             self.model = _build_model(config, checkpoint, self.device)
@@ -215,12 +317,21 @@ class Sam2Predictor:
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 1)
+        # On CUDA the whole upscaling of a batch costs less than a loop over boxes.
+        self.crop_upscaling = self.device != "cuda"
+
+    def _precision_words(self) -> str:
+        if self.precision == "fp32":
+            return "fp32"
+        if self.device == "cpu":
+            return f"bf16 autocast ({', '.join(native_bf16_flags()) or 'emulated'})"
+        return "bf16 autocast" + (", TF32" if self.device == "cuda" else "")
 
     def _autocast(self):
         import torch
 
-        if self.device == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.precision == "bf16" and self.device in ("cuda", "cpu"):
+            return torch.autocast(self.device, dtype=torch.bfloat16)
         return nullcontext()
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
@@ -238,27 +349,154 @@ class Sam2Predictor:
             if model.directly_add_no_mem_embed:
                 features[-1] = features[-1] + model.no_mem_embed
             maps = [f.permute(1, 2, 0).view(1, -1, h, w) for f, (h, w) in zip(features, sizes)]
-        self._image_embed, self._high_res = maps[-1], maps[:-1]
+            self._image_embed, self._high_res = maps[-1], maps[:-1]
+            self._first_block = self._first_block_projections()
         self._window_hw = (window.height, window.width)
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
+        return self.decode(boxes).logits
+
+    def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
+        """SAM2's mask for each box, exact over its area (see the class), NOT_DECODED
+        elsewhere; SAM2's predicted IoU of that mask and its object-presence logit."""
         import torch
 
         model = self.model
-        height, width = self._window_hw
+        decoder = model.sam_mask_decoder
+        count = len(boxes)
         with torch.inference_mode(), self._autocast():
-            corners = torch.as_tensor(boxes, dtype=torch.float, device=self.device).reshape(-1, 2, 2)
-            # Window pixels -> the model's input frame (the window stretched to side x side).
-            corners = corners / torch.tensor([width, height], dtype=torch.float, device=self.device) * model.image_size
-            corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device).repeat(len(boxes), 1)
-            sparse, dense = model.sam_prompt_encoder(points=(corners, corner_labels), boxes=None, masks=None)
-            low_res, _, _, _ = model.sam_mask_decoder(
-                image_embeddings=self._image_embed,
-                image_pe=self._dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-                repeat_image=len(boxes) > 1,
-                high_res_features=self._high_res,
+            tokens = self._prompt_tokens(boxes)
+            hs, src = self._transformer(tokens)
+            src = src.transpose(1, 2).reshape(count, *self._image_embed.shape[1:])
+            first = 1 if decoder.pred_obj_scores else 0
+            mask_tokens = hs[:, first + 1:first + 1 + decoder.num_mask_tokens, :]
+            hyper_in = torch.stack(
+                [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
             )
-        return low_res[:, 0].float().cpu().numpy()
+            iou_pred = decoder.iou_prediction_head(hs[:, first, :]).float()
+            if decoder.pred_obj_scores:
+                object_score = decoder.pred_obj_score_head(hs[:, 0, :])[:, 0].float()
+            else:  # what sam2 reports when the model has no object-score head
+                object_score = torch.full((count,), 10.0, device=self.device)
+            logits = np.full((count, LOW_RES_SIDE, LOW_RES_SIDE), NOT_DECODED, dtype=np.float32)
+            chosen_iou = np.empty(count, dtype=np.float32)
+            full = None if self.crop_upscaling else self._upscale(src, hyper_in, _Span(0, EMBEDDING_SIDE), _Span(0, EMBEDDING_SIDE))
+            for k in range(count):
+                rows, cols = self._read_cells(None if areas is None else areas[k])
+                block_rows, block_cols = embedding_span(rows), embedding_span(cols)
+                if full is None:
+                    masks = self._upscale(src[k:k + 1], hyper_in[k:k + 1], block_rows, block_cols)
+                else:
+                    masks = full[k:k + 1, :, 4 * block_rows.start:4 * block_rows.stop, 4 * block_cols.start:4 * block_cols.stop]
+                masks, iou = self._select_mask(masks, iou_pred[k:k + 1], rows, cols, block_rows, block_cols)
+                logits[k, 4 * block_rows.start:4 * block_rows.stop, 4 * block_cols.start:4 * block_cols.stop] = \
+                    masks[0, 0].float().cpu().numpy()
+                chosen_iou[k] = float(iou[0, 0])
+        return DecodedMasks(logits, chosen_iou, object_score.cpu().numpy().astype(np.float32))
+
+    def _read_cells(self, area: np.ndarray | None) -> tuple[_Span, _Span]:
+        """The low-resolution rows and columns the engine reads for `area` (window pixels
+        col0, row0, col1, row1, end-exclusive); every cell when None."""
+        if area is None:
+            return _Span(0, LOW_RES_SIDE), _Span(0, LOW_RES_SIDE)
+        height, width = self._window_hw
+        col0, row0, col1, row1 = (int(v) for v in area)
+        return low_res_span(max(row0, 0), min(row1, height), height), low_res_span(max(col0, 0), min(col1, width), width)
+
+    def _prompt_tokens(self, boxes: np.ndarray):
+        """The decoder's input tokens for box prompts: its output tokens, then each box's two corners."""
+        import torch
+
+        model = self.model
+        decoder = model.sam_mask_decoder
+        height, width = self._window_hw
+        corners = torch.as_tensor(np.asarray(boxes), dtype=torch.float, device=self.device).reshape(-1, 2, 2)
+        # Window pixels -> the model's input frame (the window stretched to side x side).
+        corners = corners / torch.tensor([width, height], dtype=torch.float, device=self.device) * model.image_size
+        corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device).repeat(len(corners), 1)
+        sparse, _ = model.sam_prompt_encoder(points=(corners, corner_labels), boxes=None, masks=None)
+        heads = [decoder.obj_score_token.weight] if decoder.pred_obj_scores else []
+        output_tokens = torch.cat(heads + [decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        return torch.cat((output_tokens.unsqueeze(0).expand(len(corners), -1, -1), sparse), dim=1)
+
+    def _upscale(self, src, hyper_in, rows: _Span, cols: _Span):
+        """MaskDecoder.predict_masks' upscaling and mask product over embedding `rows` x
+        `cols`: (n, masks, 4 * rows, 4 * cols) logits."""
+        decoder = self.model.sam_mask_decoder
+        dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+        feat_s0, feat_s1 = self._high_res
+        r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
+        up = act1(ln1(dc1(src[:, :, r0:r1, c0:c1]) + feat_s1[:, :, 2 * r0:2 * r1, 2 * c0:2 * c1]))
+        up = act2(dc2(up) + feat_s0[:, :, 4 * r0:4 * r1, 4 * c0:4 * c1])
+        count, channels, height, width = up.shape
+        return (hyper_in @ up.view(count, channels, height * width)).view(count, -1, height, width)
+
+    def _select_mask(self, masks, iou_pred, rows: _Span, cols: _Span, block_rows: _Span, block_cols: _Span):
+        """MaskDecoder.forward's choice for one single-mask output: mask 0, or, when
+        `dynamic_multimask_via_stability` finds it unstable over the cells read, the
+        multi-mask output with the highest predicted IoU. -> ((1, 1, h, w) logits, (1, 1) IoU)."""
+        decoder = self.model.sam_mask_decoder
+        if not decoder.dynamic_multimask_via_stability:
+            return masks[:, 0:1], iou_pred[:, 0:1]
+        read = masks[:, 0, rows.start - 4 * block_rows.start:rows.stop - 4 * block_rows.start,
+                     cols.start - 4 * block_cols.start:cols.stop - 4 * block_cols.start]
+        if bool(decoder._get_stability_scores(read)[0] >= decoder.dynamic_multimask_stability_thresh):
+            return masks[:, 0:1], iou_pred[:, 0:1]
+        best = 1 + int(iou_pred[0, 1:].argmax())
+        return masks[:, best:best + 1], iou_pred[:, best:best + 1]
+
+    def _first_block_projections(self) -> dict:
+        """What the decoder's first two-way block computes from the image tokens alone: a
+        box prompt's dense embedding is the constant no_mask_embed, so these are the same
+        for every box of the window. Called inside encode's inference mode and autocast."""
+        model = self.model
+        block = model.sam_mask_decoder.transformer.layers[0]
+        no_mask = model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys = (self._image_embed + no_mask).flatten(2).permute(0, 2, 1)
+        key_pe = self._dense_pe.flatten(2).permute(0, 2, 1)
+        keyed = keys + key_pe
+        return {
+            "keys": keys,
+            "key_pe": key_pe,
+            "k": block.cross_attn_token_to_image.k_proj(keyed),
+            "v": block.cross_attn_token_to_image.v_proj(keys),
+            "q": block.cross_attn_image_to_token.q_proj(keyed),
+        }
+
+    def _transformer(self, tokens):
+        """sam2's TwoWayTransformer.forward for these tokens over the encoded window, with
+        the first block's projections of the image tokens taken from encode."""
+        import torch.nn.functional as F
+
+        transformer = self.model.sam_mask_decoder.transformer
+        first, rest = transformer.layers[0], transformer.layers[1:]
+        cached = self._first_block
+        count = tokens.shape[0]
+        key_pe = cached["key_pe"].expand(count, -1, -1)
+
+        def heads(attention, x):
+            return attention._separate_heads(x, attention.num_heads)
+
+        # TwoWayAttentionBlock.forward of the first block (skip_first_layer_pe=True).
+        queries = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))
+        to_image = first.cross_attn_token_to_image
+        out = F.scaled_dot_product_attention(
+            heads(to_image, to_image.q_proj(queries + tokens)),
+            heads(to_image, cached["k"].expand(count, -1, -1)),
+            heads(to_image, cached["v"].expand(count, -1, -1)),
+        )
+        queries = first.norm2(queries + to_image.out_proj(to_image._recombine_heads(out)))
+        queries = first.norm3(queries + first.mlp(queries))
+        to_token = first.cross_attn_image_to_token
+        out = F.scaled_dot_product_attention(
+            heads(to_token, cached["q"].expand(count, -1, -1)),
+            heads(to_token, to_token.k_proj(queries + tokens)),
+            heads(to_token, to_token.v_proj(queries)),
+        )
+        keys = first.norm4(cached["keys"] + to_token.out_proj(to_token._recombine_heads(out)))
+        # The other blocks and the final attention, as TwoWayTransformer.forward runs them.
+        for layer in rest:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        attention = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+        queries = transformer.norm_final_attn(queries + attention)
+        return queries, keys

@@ -1,6 +1,9 @@
 """The SAM2 side of the seam, with the real sam2 package and a random-init tiny checkpoint."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from tests.conftest import TINY
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint_dir):
-    return Sam2Predictor(tiny_checkpoint_dir / TINY, device="cpu")
+    return Sam2Predictor(tiny_checkpoint_dir / TINY, device="cpu", precision="fp32")
 
 
 def test_batched_low_res_decoding_matches_sam2s_own_predictor(predictor, tiny_checkpoint_dir):
@@ -52,6 +55,76 @@ def test_custom_checkpoint_loads_with_the_config_beside_it(tiny_checkpoint_dir, 
     loaded = Sam2Predictor(custom, device="cpu")
     loaded.encode(np.zeros((64, 64, 3), np.float32), Window(0, 0, 64, 64))
     assert loaded.decode_low_res(np.array([[8, 8, 40, 40]], np.float32)).shape == (1, 256, 256)
+
+
+def test_custom_checkpoint_decodes_like_the_official_one(predictor, tiny_checkpoint_dir, tmp_path):
+    """A fine-tuned `name.pt` with its `name.yaml` gets build_sam2's post-processing
+    (SAM2's fallback to its best multi-mask output when the single mask is unstable), so
+    the same weights give the same masks under either name."""
+    import sam2
+
+    custom = tmp_path / "cells_finetuned.pt"
+    shutil.copy(tiny_checkpoint_dir / TINY, custom)
+    shutil.copy(f"{sam2.__path__[0]}/configs/sam2.1/sam2.1_hiera_t.yaml", tmp_path / "cells_finetuned.yaml")
+    loaded = Sam2Predictor(custom, device="cpu", precision="fp32")
+    decoder, official = loaded.model.sam_mask_decoder, predictor.model.sam_mask_decoder
+    assert decoder.dynamic_multimask_via_stability and official.dynamic_multimask_via_stability
+    assert decoder.dynamic_multimask_stability_delta == official.dynamic_multimask_stability_delta == 0.05
+    assert decoder.dynamic_multimask_stability_thresh == official.dynamic_multimask_stability_thresh == 0.98
+    image = np.random.default_rng(2).random((200, 200, 3), dtype=np.float32)
+    boxes = np.array([[20, 30, 90, 120], [100, 100, 190, 180]], np.float32)
+    for model in (loaded, predictor):
+        model.encode(image, Window(0, 0, 200, 200))
+    np.testing.assert_array_equal(loaded.decode_low_res(boxes), predictor.decode_low_res(boxes))
+
+
+def test_model_built_on_meta_equals_sam2s_own_build(predictor, tiny_checkpoint_dir):
+    """Every parameter and buffer, and the tensors sam2 computes at construction without
+    saving them (the memory attention's rotary encodings), equal build_sam2's."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    reference = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(tiny_checkpoint_dir / TINY), device="cpu")
+    ours = predictor.model
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    for (name, module), (_, theirs) in zip(ours.named_modules(), reference.named_modules()):
+        for attribute, value in vars(theirs).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(module, attribute), value), f"{name}.{attribute}"
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+
+
+# Builds our predictor, then sam2's own random-init model, in a fresh interpreter, and
+# prints a digest of the latter's parameters; with OURS=0 it skips our predictor.
+LEAK_PROBE = """
+import json, os, sys, torch
+from pathlib import Path
+sys.path.insert(0, os.environ["REPO"])
+from sam2.build_sam import build_sam2
+if os.environ["OURS"] == "1":
+    from sam2_refine.model import Sam2Predictor
+    Sam2Predictor(Path(os.environ["CHECKPOINT"]), device="cpu")
+torch.manual_seed(0)
+model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+print(json.dumps({name: float(p.double().abs().sum()) for name, p in model.named_parameters()}))
+"""
+
+
+def test_building_the_predictor_leaves_sam2s_own_initialisation_intact(tiny_checkpoint_dir):
+    """A later build_sam2 in the same process initialises as if ours had never run."""
+    from tests.conftest import REPO
+
+    def digest(ours: str) -> dict:
+        env = {"REPO": str(REPO), "OURS": ours, "CHECKPOINT": str(tiny_checkpoint_dir / TINY), "PATH": ""}
+        done = subprocess.run([sys.executable, "-c", LEAK_PROBE], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    after_ours, alone = digest("1"), digest("0")
+    assert alone["maskmem_tpos_enc"] > 0
+    assert after_ours == alone
 
 
 def test_custom_checkpoint_without_config_is_a_clear_error(tmp_path):
