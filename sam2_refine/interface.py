@@ -26,10 +26,18 @@ RESOLUTION = "Resolution"
 DELETE_ORIGINALS = "Delete original annotations"
 PADDING = "Padding"
 SMOOTHING = "Smoothing"
+DOUBTFUL = "Doubtful refinements"
 
 RESOLUTION_AUTO = "Auto"
 RESOLUTION_WHOLE_FRAME = "Whole frame"
 RESOLUTION_CHOICES = (RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME)
+
+DOUBTFUL_TAG = "Tag for review"
+DOUBTFUL_ACCEPT = "Accept anyway"
+DOUBTFUL_SKIP = "Skip"
+DOUBTFUL_CHOICES = (DOUBTFUL_TAG, DOUBTFUL_ACCEPT, DOUBTFUL_SKIP)
+# The one tag a doubtful refined outline carries besides the output tags.
+REVIEW_TAG = "SAM2 review"
 
 PADDING_RANGE = (-20.0, 20.0)
 PADDING_DEFAULT = 0.0
@@ -50,8 +58,13 @@ WORKER_LABELS = {
 NOTES_HTML = (
     "Refines the polygons carrying the chosen tag: each one's bounding box prompts "
     "Meta's SAM2, and the refined outline is written as a new polygon with this "
-    "tool's tags. With <i>Delete original annotations</i> ticked, an original is "
-    "deleted only after its refined polygon has been saved."
+    "tool's tags (or, if the tool has none, the original's tags). With <i>Delete original "
+    "annotations</i> ticked, an original is deleted only after its refined polygon has "
+    "been saved. Rectangles are refined too. Every refinement is checked against its "
+    "original: one that reaches well outside it (neighbouring cells taken in), is much "
+    "smaller than it (only an inner part kept), covers another refined outline, or that "
+    "SAM2 itself rates poorly is <i>doubtful</i> and never replaces its original; see "
+    "<i>Doubtful refinements</i>."
 )
 
 
@@ -159,5 +172,19 @@ def build_interface(model_names: list[str]) -> dict:
             "step": 0.1,
             "displayOrder": 9,
             "tooltip": "Smoothing is used to simplify the polygons; a value of 0.7 is a good default.",
+        },
+        DOUBTFUL: {
+            "type": "select",
+            "items": list(DOUBTFUL_CHOICES),
+            "default": DOUBTFUL_TAG,
+            "required": True,
+            "displayOrder": 10,
+            "tooltip": (
+                f"What happens to a refinement that does not agree with its original.\n"
+                f"{DOUBTFUL_TAG}: it is saved with the extra tag '{REVIEW_TAG}' and its "
+                "original is kept, even with 'Delete original annotations'.\n"
+                f"{DOUBTFUL_ACCEPT}: it is treated like any other refinement.\n"
+                f"{DOUBTFUL_SKIP}: it is not saved; its original is kept."
+            ),
         },
     }

@@ -9,8 +9,9 @@ Retry policy (this module owns it):
   connection failed before the request was sent. When its outcome is unknown (a
   timeout or broken connection after sending, or a 502/503/504 gateway answer), the
   server is asked first which of the documents exist, and only the missing ones are
-  sent again. Created annotations carry `MARKER_KEY` ("<job id>/<original id>") so
-  they can be found; the platform stores extra keys as given.
+  sent again. Created annotations carry `MARKER_KEY` ("<run key>/<original id>", the
+  run key a digest of the settings that shape the output) so they can be found, also by
+  a later run; the platform stores extra keys as given.
 - Any other error answer (400, 401, 403, 404, ...) is final.
 - Every request has a client timeout of `HTTP_TIMEOUT` seconds (girder_client sets none).
 """
@@ -194,8 +195,11 @@ class Platform:
 
         return self._retrying("read the dataset", read)
 
-    def _polygon_pages(self, tags: list[str] | None) -> list[dict]:
-        query = {"datasetId": self.dataset_id, "shape": "polygon", "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
+    def _polygon_pages(self, tags: list[str] | None, shape: str | None = "polygon") -> list[dict]:
+        """Annotations of `shape` (any shape if None) carrying all of `tags`."""
+        query = {"datasetId": self.dataset_id, "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
+        if shape is not None:
+            query["shape"] = shape
         if tags:
             query["tags"] = json.dumps(list(tags))  # the platform reads tags as a JSON array
         documents: list[dict] = []
@@ -206,15 +210,28 @@ class Platform:
                 return documents
             query["afterId"] = page[-1]["_id"]
 
-    def polygons(self, any_of_tags: tuple[str, ...]) -> list[dict]:
-        """Every polygon of the dataset carrying any of `any_of_tags` (all polygons if none),
-        paged with the stable `_id` cursor, each once."""
+    def _tagged(self, any_of_tags: tuple[str, ...], shapes: tuple[str | None, ...]) -> list[dict]:
+        """Annotations of any of `shapes` carrying any of `any_of_tags` (no tag filter if
+        none), paged with the stable `_id` cursor, each once."""
         queries = [[tag] for tag in any_of_tags] or [None]
         found: dict[str, dict] = {}
-        for tags in queries:
-            for document in self._retrying("list the annotations", lambda tags=tags: self._polygon_pages(tags)):
-                found.setdefault(document["_id"], document)
+        for shape in shapes:
+            for tags in queries:
+                pages = self._retrying(
+                    "list the annotations", lambda tags=tags, shape=shape: self._polygon_pages(tags, shape)
+                )
+                for document in pages:
+                    found.setdefault(document["_id"], document)
         return list(found.values())
+
+    def polygons(self, any_of_tags: tuple[str, ...]) -> list[dict]:
+        """Every polygon and rectangle (both outline an object) of the dataset carrying any of
+        `any_of_tags` (all of them if none)."""
+        return self._tagged(any_of_tags, ("polygon", "rectangle"))
+
+    def tagged_annotations(self, any_of_tags: tuple[str, ...]) -> list[dict]:
+        """Every annotation of any shape carrying any of `any_of_tags`."""
+        return self._tagged(any_of_tags, (None,))
 
     def frame_image(self, location: Location, max_size: int | None = None) -> np.ndarray:
         """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32
@@ -237,12 +254,13 @@ class Platform:
             ),
         )
 
-    def marked_annotations(self, job_id: str, tags: list[str]) -> dict[str, str]:
-        """original id -> created id, for the annotations this job created (found by marker)."""
-        prefix = f"{job_id}/"
+    def marked_annotations(self, run_key: str, tags: list[str]) -> dict[str, dict]:
+        """original id -> refined document, for the polygons carrying all of `tags` whose
+        marker is "<run_key>/<original id>" (created by a run with the same settings)."""
+        prefix = f"{run_key}/"
         documents = self._retrying("check what was saved", lambda: self._polygon_pages(tags or None))
         return {
-            str(doc[MARKER_KEY])[len(prefix):]: doc["_id"]
+            str(doc[MARKER_KEY])[len(prefix):]: doc
             for doc in documents
             if str(doc.get(MARKER_KEY, "")).startswith(prefix)
         }

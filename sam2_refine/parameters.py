@@ -61,6 +61,7 @@ class RefineParameters:
     tile: Location
     batch_text: dict[str, str]
     connect_to: ConnectTo | None
+    doubtful: str = ui.DOUBTFUL_TAG
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,17 @@ def parse_resolution(raw: Any) -> str:
     if raw not in ui.RESOLUTION_CHOICES:
         raise ParameterError(
             ui.RESOLUTION, f"{raw!r} is not a choice", f"Select one of: {', '.join(ui.RESOLUTION_CHOICES)}."
+        )
+    return str(raw)
+
+
+def parse_doubtful(raw: Any) -> str:
+    # Configurations saved before the field existed send nothing: tag for review.
+    if raw is None or raw == "":
+        return ui.DOUBTFUL_TAG
+    if raw not in ui.DOUBTFUL_CHOICES:
+        raise ParameterError(
+            ui.DOUBTFUL, f"{raw!r} is not a choice", f"Select one of: {', '.join(ui.DOUBTFUL_CHOICES)}."
         )
     return str(raw)
 
@@ -236,6 +248,7 @@ def parse_parameters(
         tile=Location.from_dict(raw.get("tile")),
         batch_text={axis: batch_text_of(values.get(field), field) for axis, field in BATCH_FIELDS.items()},
         connect_to=parse_connect_to(raw.get("connectTo")),
+        doubtful=parse_doubtful(values.get(ui.DOUBTFUL)),
     )
 
 

@@ -1,28 +1,38 @@
-"""The platform's two requests: `interface` and `compute`."""
+"""The platform's two requests: `interface` and `compute`.
+
+`compute` streams the work by location: it refines a location's originals, checks each
+refinement against its original, writes that location back (create, connect, replace)
+and reports, then goes to the next; nothing is held across locations, and everything
+finished before a crash or cancel is saved. A second run with the same settings
+continues where the first stopped.
+"""
 
 from __future__ import annotations
 
 import math
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from shapely.geometry import Polygon
 
 from . import interface as ui
-from .engine import RefineSettings, WindowImages, refine_frame
+from .engine import Outcome, RefineSettings, WindowImages, refine_frame
 from .errors import WorkerError
 from .messages import Reporter, make_progress, plural, skipped_summary
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
-from .writeback import write_back
+from .review import ADVICE, original_outline, primary_reason, review_location
+from .writeback import Counterpart, Refined, WriteBack, is_output_of, run_key
 
 # Shares of the progress bar.
 LOADING_SHARE = 0.05
-REFINING_SHARE = 0.85
+REFINING_SHARE = 0.95
+
+# The shapes that outline an object, so can be refined.
+OUTLINE_SHAPES = ("polygon", "rectangle")
 
 
 def run_interface(platform: Platform, image: str, reporter: Reporter) -> None:
@@ -38,18 +48,34 @@ def has_any_tag(document: dict, tags: tuple[str, ...]) -> bool:
 
 
 def select_originals(
-    documents: list[dict], tags: tuple[str, ...], locations: list[Location]
+    documents: list[dict], tags: tuple[str, ...], locations: list[Location], key: str = ""
 ) -> dict[Location, list[dict]]:
-    """The polygons to refine, grouped by location in the order of `locations`."""
+    """The polygons and rectangles to refine, grouped by location in the order of
+    `locations`; never a refined polygon made with the settings of `key`."""
     wanted = set(locations)
     grouped: dict[Location, list[dict]] = defaultdict(list)
     for document in documents:
-        if document.get("shape") != "polygon" or not has_any_tag(document, tags):
+        if document.get("shape") not in OUTLINE_SHAPES or not has_any_tag(document, tags):
+            continue
+        if key and is_output_of(document, key):
             continue
         location = Location.from_dict(document.get("location"))
         if location in wanted:
             grouped[location].append(document)
     return {location: grouped[location] for location in locations if grouped.get(location)}
+
+
+def prompt_coordinates(document: dict) -> list[dict]:
+    """The outline that prompts SAM2: a polygon's vertices, a rectangle's four corners
+    (the box of however many points it is stored with)."""
+    coordinates = document.get("coordinates") or []
+    if document.get("shape") != "rectangle":
+        return coordinates
+    outline = original_outline(document)
+    if outline is None:
+        return coordinates
+    x0, y0, x1, y1 = outline.bounds
+    return [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}]
 
 
 def model_fetch_size(width: int, height: int) -> int | None:
@@ -94,15 +120,107 @@ def _where(location: Location) -> str:
     return f"XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}"
 
 
+@dataclass
+class Tally:
+    """What happened to the originals, for the job's messages."""
+
+    to_refine: int = 0
+    finished: int = 0
+    earlier: int = 0  # already refined by an earlier run with the same settings
+    skipped: Counter = field(default_factory=Counter)  # Reason -> count
+    doubtful: Counter = field(default_factory=Counter)  # primary Reason -> count
+
+
+def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally) -> list[Refined]:
+    """What to save for each reviewed outcome under the user's doubtful-refinement policy."""
+    refined = []
+    for original, outcome in zip(originals, outcomes):
+        if outcome.polygon is None:
+            tally.skipped[outcome.reason] += 1
+            continue
+        doubtful = bool(outcome.doubts)
+        if doubtful:
+            tally.doubtful[primary_reason(outcome.doubts)] += 1
+            if policy == ui.DOUBTFUL_SKIP:
+                continue
+        refined.append(Refined(original, outcome.polygon, doubtful and policy == ui.DOUBTFUL_TAG))
+    return refined
+
+
 def _report_skipped(reasons: Counter, reporter: Reporter) -> None:
-    advice = {
-        "degenerate prompt": "Their outlines have fewer than 3 points or no area; redraw them.",
-        "outside the image": "Their outlines lie outside the image.",
-        "empty mask": "SAM2 found nothing in their boxes; try another model or a looser outline.",
-        "vanished after padding": "Their refined outlines disappeared after negative padding; reduce it.",
-    }
     for reason, count in reasons.most_common():
-        reporter.warning(f"{plural(count, 'object')} skipped: {reason}", info=advice.get(reason))
+        reporter.warning(f"{plural(count, 'object')} skipped: {reason}", info=ADVICE.get(reason))
+
+
+def _doubtful_summary(tally: Tally, policy: str) -> str:
+    """'3 doubtful (2 spills outside the original, 1 ...), tagged SAM2 review, originals kept'."""
+    count = sum(tally.doubtful.values())
+    reasons = ", ".join(f"{n} {reason}" for reason, n in tally.doubtful.most_common())
+    outcome = {
+        ui.DOUBTFUL_TAG: f"tagged '{ui.REVIEW_TAG}', originals kept",
+        ui.DOUBTFUL_ACCEPT: "accepted anyway",
+        ui.DOUBTFUL_SKIP: "not saved, originals kept",
+    }[policy]
+    return f"{count} doubtful ({reasons}), {outcome}"
+
+
+def _report_doubtful(tally: Tally, policy: str, reporter: Reporter) -> None:
+    if not tally.doubtful:
+        return
+    advice = {
+        ui.DOUBTFUL_TAG: (
+            f"They carry the tag '{ui.REVIEW_TAG}' besides the output tags, next to their originals. "
+            "Compare each pair and delete the outline you do not want."
+        ),
+        ui.DOUBTFUL_ACCEPT: "'Doubtful refinements' is set to accept them anyway; check them in the app.",
+        ui.DOUBTFUL_SKIP: "'Doubtful refinements' is set to skip them; their originals are untouched.",
+    }[policy]
+    reasons = "; ".join(f"{reason}: {ADVICE[reason]}" for reason in tally.doubtful if reason in ADVICE)
+    reporter.warning(f"{sum(tally.doubtful.values())} refinements are doubtful: {_doubtful_summary(tally, policy)}",
+                     info=f"{advice} {reasons}")
+
+
+def _report_write_problems(writer: WriteBack, params: RefineParameters, reporter: Reporter) -> None:
+    result = writer.result
+    if result.kept_originals:
+        reporter.warning(
+            f"{result.kept_originals} originals were kept next to their refined versions: deleting them failed",
+            info=(
+                f"{result.delete_failures[0]}. The refined polygons carry the tags "
+                f"{', '.join(params.output_tags) or 'of their originals'}; the originals still carry "
+                f"{', '.join(params.refine_tags)}. Run the tool again with the same settings to finish, "
+                "or delete the originals by tag in the app."
+            ),
+        )
+    if result.connect_failures:
+        reporter.warning(
+            "Refined polygons were saved, but connecting some of them to their nearest parents failed",
+            info=f"{result.connect_failures[0]}. Run the tool again with the same settings, or use the app's connection tools.",
+        )
+
+
+def _summary(tally: Tally, writer: WriteBack, params: RefineParameters) -> str:
+    result = writer.result
+    summary = f"Refined {result.created} of {tally.to_refine}"
+    if tally.skipped:
+        summary += f"; {sum(tally.skipped.values())} skipped: {skipped_summary(tally.skipped)}"
+    if tally.doubtful:
+        summary += f"; {_doubtful_summary(tally, params.doubtful)}"
+    if tally.earlier:
+        summary += f"; {tally.earlier} already refined by an earlier run with the same settings"
+    if params.delete_originals:
+        summary += f"; replaced {result.deleted} originals"
+        if result.kept_originals:
+            summary += f", kept {result.kept_originals}"
+    return summary
+
+
+def _report_device(predictor: MaskPredictor, model_name: str, reporter: Reporter) -> None:
+    description = getattr(predictor, "device_description", None)
+    reporter.progress(LOADING_SHARE, f"Loaded {model_name}" + (f" on {description}" if description else ""), force=True)
+    warning = getattr(predictor, "device_warning", None)
+    if warning:
+        reporter.warning(str(warning), info="The job runs on the CPU instead, much more slowly.")
 
 
 def run_compute(
@@ -116,59 +234,97 @@ def run_compute(
     params: RefineParameters = parse_parameters(raw_parameters, dataset_id, models, ui.checkpoint_dir())
     frame = platform.frame_geometry()
     locations = resolve_locations(params, frame.sizes)
+    key = run_key(params)
     reporter.progress(0.0, "Reading annotations", force=True)
-    by_location = select_originals(platform.polygons(params.refine_tags), params.refine_tags, locations)
-    total = sum(len(originals) for originals in by_location.values())
-    if total == 0:
+    by_location = select_originals(platform.polygons(params.refine_tags), params.refine_tags, locations, key)
+    # Originals a run with the same settings already refined: never refined again.
+    earlier = {
+        original_id: Counterpart.of(document)
+        for original_id, document in platform.marked_annotations(key, list(params.output_tags)).items()
+    }
+    tally = Tally()
+    for originals in by_location.values():
+        done = sum(1 for original in originals if original["_id"] in earlier)
+        tally.earlier += done
+        tally.to_refine += len(originals) - done
+    if tally.to_refine + tally.earlier == 0:
         tags = ", ".join(params.refine_tags) or "any tag"
         reporter.warning(
-            f"Nothing to refine: no polygons tagged {tags} at the {plural(len(locations), 'selected position')}",
+            f"Nothing to refine: no polygons or rectangles tagged {tags} at the "
+            f"{plural(len(locations), 'selected position')}",
             info="Check 'Tag of objects to refine' and the Batch fields.",
         )
         reporter.progress(1.0, "Nothing to refine", force=True)
         return
 
-    reporter.progress(0.01, f"Loading {params.model_name}", force=True)
-    predictor = load_predictor(params.checkpoint_path)
+    predictor = None
+    if tally.to_refine:
+        reporter.progress(0.01, f"Loading {params.model_name}", force=True)
+        predictor = load_predictor(params.checkpoint_path)
+        _report_device(predictor, params.model_name, reporter)
+    writer = WriteBack(platform, params, key, reporter)
+    writer.prepare()
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
-    refined: list[tuple[dict, Polygon]] = []
-    skipped: Counter = Counter()
-    finished = 0
-    for location, originals in by_location.items():
-        images = window_images(platform, location, frame, params.resolution, reporter)
-        progress = make_progress(
-            reporter, LOADING_SHARE + REFINING_SHARE * finished / total, REFINING_SHARE * len(originals) / total,
-            len(originals),
-            lambda done, before=finished, where=_where(location): f"Refined {before + done} of {total} objects ({where})",
-        )
-        outcomes = refine_frame(
-            predictor, images, (frame.width, frame.height), [o.get("coordinates") or [] for o in originals],
-            settings, progress,
-        )
-        del images
-        for original, outcome in zip(originals, outcomes):
-            if outcome.polygon is None:
-                skipped[outcome.reason] += 1
-            else:
-                refined.append((original, outcome.polygon))
-        finished += len(originals)
-
-    reporter.progress(LOADING_SHARE + REFINING_SHARE, f"Saving {plural(len(refined), 'refined polygon')}", force=True)
-    result = write_back(platform, refined, params, uuid.uuid4().hex, reporter)
-    _report_skipped(skipped, reporter)
-    if result.create_error is not None:
-        raise result.create_error
-    summary = f"Refined {len(result.created)} of {total}"
-    if skipped:
-        summary += f"; {sum(skipped.values())} skipped: {skipped_summary(skipped)}"
-    if params.delete_originals:
-        summary += f"; replaced {result.deleted} originals"
-        if result.kept_originals:
-            summary += f", kept {result.kept_originals}"
-    reporter.progress(1.0, summary, force=True)
-    if not result.created:
+    try:
+        for location in list(by_location):
+            _refine_location(platform, predictor, location, by_location.pop(location), earlier, frame, params,
+                             settings, writer, tally, reporter)
+    except WorkerError as error:
+        _report_skipped(tally.skipped, reporter)
+        _report_doubtful(tally, params.doubtful, reporter)
+        _report_write_problems(writer, params, reporter)
+        if writer.result.created:
+            error.info = (f"{error.info} The {plural(writer.result.created, 'refined polygon')} saved before "
+                          "are kept; run the tool again with the same settings to continue.")
+        raise
+    _report_skipped(tally.skipped, reporter)
+    _report_doubtful(tally, params.doubtful, reporter)
+    _report_write_problems(writer, params, reporter)
+    reporter.progress(1.0, _summary(tally, writer, params), force=True)
+    if tally.to_refine and not writer.result.created and not writer.result.completed:
+        reasons = Counter(tally.skipped) + Counter(tally.doubtful)
         raise WorkerError(
-            f"No object could be refined ({skipped_summary(skipped)})",
+            f"No object could be refined ({skipped_summary(reasons)})",
             info="See the warnings above for what to change.",
             title="Nothing refined",
         )
+
+
+def _refine_location(
+    platform: Platform,
+    predictor: MaskPredictor | None,
+    location: Location,
+    originals: list[dict],
+    earlier: dict[str, Counterpart],
+    frame: FrameGeometry,
+    params: RefineParameters,
+    settings: RefineSettings,
+    writer: WriteBack,
+    tally: Tally,
+    reporter: Reporter,
+) -> None:
+    """Refine, review, write back and report one location."""
+    done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
+    todo = [original for original in originals if original["_id"] not in earlier]
+    refined: list[Refined] = []
+    where = _where(location)
+    if todo:
+        images = window_images(platform, location, frame, params.resolution, reporter)
+        total = max(tally.to_refine, 1)
+        progress = make_progress(
+            reporter, LOADING_SHARE + REFINING_SHARE * tally.finished / total, REFINING_SHARE * len(todo) / total,
+            len(todo), lambda n, before=tally.finished: f"Refined {before + n} of {tally.to_refine} objects ({where})",
+        )
+        outcomes = refine_frame(
+            predictor, images, (frame.width, frame.height), [prompt_coordinates(o) for o in todo], settings, progress
+        )
+        del images
+        outcomes = review_location([original_outline(o) for o in todo], outcomes)
+        refined = decide(todo, outcomes, params.doubtful, tally)
+    writer.write_location(location, refined, done)
+    tally.finished += len(todo)
+    reporter.progress(
+        LOADING_SHARE + REFINING_SHARE * tally.finished / max(tally.to_refine, 1),
+        f"Saved {writer.result.created} refined polygons; {tally.finished} of {tally.to_refine} objects done ({where})",
+        force=True,
+    )

@@ -18,6 +18,7 @@ def test_fields_types_defaults_and_order():
         "SAM2 Refiner": "notes", "Batch XY": "text", "Batch Z": "text", "Batch Time": "text",
         "Tag of objects to refine": "tags", "Model": "select", "Resolution": "select",
         "Delete original annotations": "checkbox", "Padding": "number", "Smoothing": "number",
+        "Doubtful refinements": "select",
     }
     orders = [spec["displayOrder"] for spec in fields.values()]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
@@ -29,6 +30,8 @@ def test_fields_types_defaults_and_order():
     assert (fields["Smoothing"]["min"], fields["Smoothing"]["max"], fields["Smoothing"]["default"]) == (0, 3, 0.7)
     assert "all" in fields["Batch XY"]["vueAttrs"]["placeholder"]
     assert fields["Resolution"]["default"] == "Auto"
+    assert fields["Doubtful refinements"]["items"] == ["Tag for review", "Accept anyway", "Skip"]
+    assert fields["Doubtful refinements"]["default"] == "Tag for review"
     assert all(spec.get("tooltip") for name, spec in fields.items() if spec["type"] != "notes")
 
 
