@@ -1,12 +1,13 @@
-"""The engine through both resolution modes, with an oracle that knows the true masks."""
+"""The engine through both resolution modes, with oracles that know the true masks."""
 
 import numpy as np
 import pytest
+from shapely.geometry import box
 
 from sam2_refine import engine, tiling
 from sam2_refine.engine import RefineSettings, crops_of, refine_frame, resize_region
 from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
-from tests.oracle import Disk, OraclePredictor, Rect
+from tests.oracle import Disk, OraclePredictor, Rect, ScoredOraclePredictor
 
 WIDTH, HEIGHT = 3000, 1800  # non-square, larger than one native window
 
@@ -65,6 +66,7 @@ def test_auto_windows_reproduce_the_true_outlines(frame):
     outcomes = refine(oracle, frame, [s.rough_outline() for s in shapes], RefineSettings(0, 0, RESOLUTION_AUTO))
     check_refined(shapes, outcomes, 0.98)
     assert 1 < len(oracle.windows) < len(shapes)  # neighbours share windows
+    assert all(outcome.doubts == () for outcome in outcomes)
 
 
 def test_whole_frame_uses_one_window_and_keeps_large_objects_exact(frame):
@@ -106,14 +108,83 @@ def test_every_object_lies_inside_its_window_with_margin():
             assert span >= 16 or too_large or max(window.width, window.height) == tiling.MIN_WINDOW_SIDE
 
 
-def test_masks_are_cut_to_the_search_area_so_neighbours_are_not_swallowed(frame):
-    big = Rect(100, 100, 400, 400)  # the oracle answers every prompt with this object
-    small_box = Rect(500, 150, 520, 170)
-    oracle = OraclePredictor([big])
-    outcome = refine(oracle, frame, [small_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
-    col0, row0, col1, row1 = tiling.search_area(tiling.Box(500, 150, 520, 170), WIDTH, HEIGHT)
-    assert outcome.polygon is None or outcome.polygon.within(
-        __import__("shapely.geometry", fromlist=["box"]).box(col0, row0, col1, row1))
+@pytest.mark.parametrize("predictor", [OraclePredictor, ScoredOraclePredictor])
+def test_a_mask_reaching_its_search_area_is_followed_to_the_whole_object(frame, predictor):
+    cell = Disk(500, 500, 60)
+    inner_box = Rect(480, 480, 520, 520)  # a rough outline drawn well inside the cell
+    oracle = predictor([cell])
+    outcome = refine(oracle, frame, [inner_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    assert outcome.polygon is not None, outcome.reason
+    col0, row0, col1, row1 = tiling.search_area(tiling.Box(480, 480, 520, 520), WIDTH, HEIGHT)
+    assert not outcome.polygon.within(box(col0, row0, col1, row1))
+    assert iou(outcome.polygon, cell.mask(HEIGHT, WIDTH)) >= 0.98
+    assert outcome.doubts == ()
+    if predictor is ScoredOraclePredictor:
+        # First decoded over its search area only; then again over the whole window to grow.
+        window = oracle.windows[0]
+        np.testing.assert_array_equal(
+            oracle.decoded_areas[0], [[col0 - window.left, row0 - window.top, col1 - window.left, row1 - window.top]]
+        )
+        assert oracle.decoded_areas[1:] == [None]
+        assert outcome.predicted_iou == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("predictor", [OraclePredictor, ScoredOraclePredictor])
+def test_a_mask_reaching_the_edge_of_the_window_is_kept_and_flagged(frame, predictor):
+    slab = Rect(100, 100, 1400, 1400)  # far larger than the window a 40-px box gets
+    oracle = predictor([slab])
+    outcome = refine(oracle, frame, [Rect(700, 700, 740, 740).rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    (window,) = oracle.windows
+    seen = box(window.left, window.top, window.left + window.width, window.top + window.height)
+    assert outcome.doubts == (engine.Reason.REACHES_VIEW_EDGE,)
+    assert outcome.polygon.symmetric_difference(seen).area < 0.01 * seen.area
+
+
+def test_a_mask_cut_by_the_frame_edge_is_not_flagged(frame):
+    cell = Disk(2990, 900, 15)
+    outcome = refine(OraclePredictor([cell]), frame, [cell.rough_outline()], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    assert outcome.polygon.bounds[2] == WIDTH
+    assert outcome.doubts == ()
+    assert iou(outcome.polygon, cell.mask(HEIGHT, WIDTH)) >= 0.98
+
+
+def test_scored_predictor_with_area_only_logits_gives_the_same_outlines(frame):
+    shapes = scene()
+    rough = [s.rough_outline() for s in shapes]
+    settings = RefineSettings(0.7, 0, RESOLUTION_AUTO)
+    plain = refine(OraclePredictor(shapes), frame, rough, settings)
+    scored = refine(ScoredOraclePredictor(shapes), frame, rough, settings)
+    for a, b in zip(plain, scored):
+        assert a.polygon.equals_exact(b.polygon, 1e-6)
+        assert b.predicted_iou == pytest.approx(0.95) and b.object_score == pytest.approx(5.0)
+
+
+def test_auto_windows_are_no_larger_than_their_objects_need():
+    def window_of(size):
+        boxes = [tiling.Box(1000, 1000, 1000 + size, 1000 + size)]
+        (window, _), = tiling.auto_windows(boxes, 4096, 4096)
+        (greedy, _), = tiling.greedy_windows(boxes, 4096, 4096)
+        return window, greedy
+
+    window, greedy = window_of(40)   # one image pixel per low-resolution pixel is enough
+    assert (window.width, window.height, greedy.width) == (256, 256, 512)
+    window, greedy = window_of(100)  # 4 x its box side
+    assert (window.width, greedy.width) == (400, 1448)
+    assert window.left == 1050 - 200 and window.top == 1050 - 200  # centred on the object
+    window, greedy = window_of(6)    # small cells keep their finer limit
+    assert window.width == greedy.width == tiling.side_limit(tiling.Box(0, 0, 6, 6)) == 90
+
+
+def test_shrinking_windows_never_adds_encoder_runs():
+    rng = np.random.default_rng(5)
+    boxes = []
+    for _ in range(300):
+        x, y, size = rng.uniform(0, 2000), rng.uniform(0, 2000), rng.uniform(6, 120)
+        boxes.append(tiling.Box(x, y, x + size, y + size * rng.uniform(0.6, 1)))
+    shrunk, greedy = tiling.auto_windows(boxes, 2048, 2048), tiling.greedy_windows(boxes, 2048, 2048)
+    assert [m for _, m in shrunk] == [m for _, m in greedy]
+    for (small, _), (large, _) in zip(shrunk, greedy):
+        assert small.width <= large.width and small.height <= large.height
 
 
 @pytest.mark.parametrize(
