@@ -1,0 +1,221 @@
+"""Refinements a user can trust, through the whole worker (subprocess, embedded server).
+
+A predictor that errs as SAM2 does on a quarter of the cells (neighbour-grabbing,
+inner part, wrong cell, nothing) must not replace a single good outline with a bad one;
+replace must keep the user's tags and connections; rectangles are originals too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from sam2_refine.interface import REVIEW_TAG
+from sam2_refine.nimbus import MARKER_KEY
+from tests.conftest import cells, compute_parameters, oracle_env, run_worker
+from tests.erring_oracle import answers_to_json
+from tests.synthetic_cells import EMPTY, ERRORS, GOOD, SECOND, make_scene
+
+TAG = "rough"
+SCENES = 3  # one per time point
+SIDE = 512
+
+
+def add_frames(server, time_points: int, side: int = SIDE, height: int | None = None) -> str:
+    rng = np.random.default_rng(3)
+    frames = rng.integers(500, 3000, size=(1, 1, time_points, 1, height or side, side), dtype=np.uint16)
+    return server.add_dataset(frames)
+
+
+def refined_by_source(server, dataset_id) -> dict[str, list[dict]]:
+    found = defaultdict(list)
+    for annotation in server.annotations(dataset_id):
+        if MARKER_KEY in annotation:
+            found[annotation[MARKER_KEY].split("/", 1)[1]].append(annotation)
+    return found
+
+
+@pytest.fixture
+def erring_run(server, oracle_checkpoint_dir, tmp_path):
+    def run(dataset_id, answers_json, parameters, **env):
+        path = tmp_path / "answers.json"
+        path.write_text(answers_json)
+        extra = {"SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment", "ERRING_ORACLE": str(path), **env}
+        result = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=extra)
+        assert server.token not in result.stdout + result.stderr
+        return result
+
+    return run
+
+
+def seed_scenes(server, scenes):
+    dataset_id = add_frames(server, len(scenes))
+    seeded = []  # (original id, scene original)
+    keys, answers = [], []
+    for time, scene in enumerate(scenes):
+        for original in scene.originals:
+            annotation_id = server.add_annotation(
+                dataset_id, [(c["x"], c["y"]) for c in original.coordinates], tags=[TAG], shape=original.shape,
+                location={"XY": 0, "Z": 0, "Time": time},
+            )
+            seeded.append((annotation_id, time, original))
+            keys.append(original.box_centre)
+            answers.append(original.answer)
+    return dataset_id, seeded, keys, answers
+
+
+def replacing(dataset_id, **values):
+    parameters = compute_parameters(dataset_id, **{"Delete original annotations": True, "Batch Time": "all",
+                                                   "Smoothing": 0.7, **values})
+    parameters["tile"] = {"XY": 0, "Z": 0, "Time": 0}
+    return parameters
+
+
+def test_erring_masks_keep_their_originals_and_good_ones_replace_them(server, erring_run):
+    scenes = [make_scene(seed) for seed in range(SCENES)]
+    dataset_id, seeded, keys, answers = seed_scenes(server, scenes)
+    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    refined = refined_by_source(server, dataset_id)
+    assert all(len(versions) <= 1 for versions in refined.values())
+    caught, erring, flagged, good = Counter(), Counter(), 0, 0
+    prompts_per_cell = Counter((time, original.cell) for _, time, original in seeded)
+    accepted_per_cell = Counter()
+    for annotation_id, time, original in seeded:
+        versions = refined.get(annotation_id, [])
+        review = bool(versions) and REVIEW_TAG in versions[0]["tags"]
+        if versions and not review:
+            accepted_per_cell[(time, original.cell)] += 1
+            assert annotation_id not in present  # accepted: replaced
+        else:
+            assert annotation_id in present  # doubtful or skipped: the original is untouched
+        if original.kind in ERRORS:
+            erring[original.kind] += 1
+            kept = annotation_id in present
+            caught[original.kind] += kept and (review if original.kind != EMPTY else not versions)
+        elif original.kind == GOOD and prompts_per_cell[(time, original.cell)] == 1:
+            good += 1
+            flagged += review or annotation_id in present
+    share_caught = sum(caught.values()) / sum(erring.values())
+    print(f"erring caught {sum(caught.values())} of {sum(erring.values())} ({dict(caught)} of {dict(erring)}); "
+          f"good flagged {flagged} of {good}")
+    assert share_caught >= 0.9
+    assert flagged <= 0.05 * good
+    doubled = [cell for cell, count in prompts_per_cell.items() if count > 1]
+    assert doubled and all(accepted_per_cell[cell] <= 1 for cell in doubled)
+    assert all(accepted_per_cell[cell] == 1 for cell in doubled)  # and one is still accepted
+
+    final = run.progress[-1]["info"]
+    doubtful = sum(1 for annotation_id, _, _ in seeded if REVIEW_TAG in (refined.get(annotation_id) or [{"tags": []}])[0]["tags"])
+    assert f"{doubtful} doubtful (" in final and f"tagged '{REVIEW_TAG}'" in final
+    assert "spills outside the original" in final and "much smaller than the original" in final
+    assert any(f"{doubtful} refinements are doubtful" in w["warning"] for w in run.warnings)
+
+
+def one_cell_scene(server):
+    """Four known objects at one location; the oracle answers the first with a neighbour-grabbing mask."""
+    from tests.synthetic_cells import Cell, Union
+
+    shapes = [Cell(60, 60, 18), Cell(97, 62, 17), Cell(200, 150, 20), Cell(90, 180, 15)]
+    dataset_id = add_frames(server, 1, side=320, height=240)
+    ids, keys = [], []
+    for shape in shapes:
+        x0, y0, x1, y1 = shape.outline().bounds
+        corners = [(x0 - 2, y0 - 2), (x1 + 2, y0 - 2), (x1 + 2, y1 + 2), (x0 - 2, y1 + 2)]
+        ids.append(server.add_annotation(dataset_id, corners, tags=[TAG], location={"XY": 0, "Z": 0, "Time": 0}))
+        keys.append(((x0 + x1) / 2, (y0 + y1) / 2))
+    answers = [Union((shapes[0], shapes[1]))] + shapes[1:]
+    return dataset_id, ids, keys, answers
+
+
+@pytest.mark.parametrize("policy, created, replaced", [
+    ("Tag for review", 4, 3), ("Accept anyway", 4, 4), ("Skip", 3, 3),
+])
+def test_doubtful_policy_decides_what_a_doubtful_refinement_does(server, erring_run, policy, created, replaced):
+    dataset_id, ids, keys, answers = one_cell_scene(server)
+    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id, **{"Doubtful refinements": policy}))
+    assert run.returncode == 0, run.stdout + run.stderr
+    refined = refined_by_source(server, dataset_id)
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    assert sum(len(v) for v in refined.values()) == created
+    assert len(set(ids) - present) == replaced
+    assert (ids[0] in present) == (policy != "Accept anyway")
+    if policy == "Tag for review":
+        assert refined[ids[0]][0]["tags"] == ["refined", REVIEW_TAG]
+    assert "1 doubtful (1 spills outside the original)" in run.progress[-1]["info"]
+
+
+def test_sam2_scores_make_a_refinement_doubtful_when_the_predictor_gives_them(server, erring_run):
+    dataset_id, ids, keys, answers = one_cell_scene(server)
+    answers[0] = answers[1].__class__(60, 60, 18)  # a good mask, but SAM2 says there is no object
+    scores = [[0.9, -2.0], [0.95, 5.0], [0.3, 5.0], [0.95, 5.0]]
+    run = erring_run(dataset_id, answers_to_json(keys, answers, scores), replacing(dataset_id))
+    assert run.returncode == 0, run.stdout + run.stderr
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    assert [i in present for i in ids] == [True, False, True, False]
+    assert "2 doubtful (1 SAM2 sees no object, 1 low SAM2 confidence)" in run.progress[-1]["info"]
+
+
+# --- the three defects of replace, each through the whole worker ----------------------
+
+def seed_rough(server, shape="polygon", tags=(TAG,)):
+    from tests.conftest import frames
+
+    dataset_id = server.add_dataset(frames(z=2, time=1))
+    location = {"XY": 0, "Z": 1, "Time": 0}
+    ids = []
+    for cell in cells():
+        outline = cell.rough_outline()
+        if shape == "rectangle":
+            xs, ys = [c["x"] for c in outline], [c["y"] for c in outline]
+            outline = [{"x": min(xs), "y": min(ys)}, {"x": max(xs), "y": min(ys)},
+                       {"x": max(xs), "y": max(ys)}, {"x": min(xs), "y": max(ys)}]
+        ids.append(server.add_annotation(dataset_id, outline, tags=list(tags), shape=shape, location=location))
+    return dataset_id, ids
+
+
+@pytest.fixture
+def oracle_run(server, oracle_checkpoint_dir, tmp_path):
+    def run(parameters, dataset_id):
+        result = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id,
+                            extra_env=oracle_env(tmp_path, cells()))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    return run
+
+
+def test_connect_to_nearest_with_the_refined_tag_makes_no_self_loops(server, oracle_run):
+    dataset_id, ids = seed_rough(server)
+    location = {"XY": 0, "Z": 1, "Time": 0}
+    parent = server.add_annotation(dataset_id, [(5, 5)], tags=[TAG], shape="point", location=location)
+    parameters = compute_parameters(dataset_id, **{"Delete original annotations": True})
+    parameters["connectTo"] = {"tags": [TAG], "layer": None, "channel": None}
+    oracle_run(parameters, dataset_id)
+    refined = {a["_id"] for a in server.annotations(dataset_id) if MARKER_KEY in a}
+    links = [(c["parentId"], c["childId"]) for c in server.connections(dataset_id)]
+    assert all(p != c for p, c in links), links
+    assert sorted(links) == sorted((parent, child) for child in refined)
+
+
+def test_replace_without_output_tags_keeps_each_originals_tags(server, oracle_run):
+    dataset_id, ids = seed_rough(server, tags=(TAG, "treated"))
+    parameters = compute_parameters(dataset_id, **{"Delete original annotations": True})
+    parameters["tags"] = []
+    oracle_run(parameters, dataset_id)
+    remaining = server.annotations(dataset_id)
+    assert not {a["_id"] for a in remaining} & set(ids)
+    assert [a["tags"] for a in remaining] == [[TAG, "treated"]] * len(ids)
+
+
+def test_rectangles_are_refined_into_polygons_and_replaced(server, oracle_run):
+    dataset_id, ids = seed_rough(server, shape="rectangle")
+    run = oracle_run(compute_parameters(dataset_id, **{"Delete original annotations": True}), dataset_id)
+    remaining = server.annotations(dataset_id)
+    assert not {a["_id"] for a in remaining} & set(ids)
+    assert [a["shape"] for a in remaining] == ["polygon"] * len(ids)
+    assert f"Refined {len(ids)} of {len(ids)}" in run.progress[-1]["info"]
