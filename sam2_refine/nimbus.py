@@ -3,8 +3,9 @@
 Retry policy (this module owns it):
 - Reads (GET) and deletes (DELETE is idempotent on the platform: unknown ids are
   skipped) are retried on connection errors, timeouts, 429 and 5xx answers, with
-  exponential backoff, for at most `RETRY_SECONDS` in all. (The SDK's own session
-  already retries 502/503/504 for these methods; this adds the rest.)
+  exponential backoff; a new attempt starts only within `RETRY_SECONDS` of the first,
+  so one request, retries included, waits at most `RETRY_SECONDS` plus one timeout.
+  Listings are retried page by page.
 - Creating (POST) is never repeated blindly. A POST is repeated at once only when the
   connection failed before the request was sent. When its outcome is unknown (a
   timeout or broken connection after sending, or a 502/503/504 gateway answer), the
@@ -13,7 +14,11 @@ Retry policy (this module owns it):
   run key a digest of the settings that shape the output) so they can be found, also by
   a later run; the platform stores extra keys as given.
 - Any other error answer (400, 401, 403, 404, ...) is final.
-- Every request has a client timeout of `HTTP_TIMEOUT` seconds (girder_client sets none).
+- Every request has a client timeout of `HTTP_TIMEOUT` seconds (girder_client sets none):
+  the longest wait for the connection, and for each part of the answer.
+- These are the only retries. The SDK's session retries 502/503/504 on its own (five
+  times, through urllib3), which would multiply ours; `JobTransport`, mounted on that
+  session in its place, makes one attempt per request and sets the timeout.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import TypeVar
 
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
+from urllib3.util.retry import Retry
 
 from .errors import WorkerError
 from .model import Window
@@ -94,28 +101,37 @@ def _access_error(error: Exception) -> WorkerError | None:
     return None
 
 
+class JobTransport(HTTPAdapter):
+    """The session's transport: one attempt per request (`Platform` holds the retry
+    policy), and `timeout` seconds for any request that names none."""
+
+    def __init__(self, timeout: float):
+        # urllib3's Retry with nothing to retry: the same as requests' own default adapter.
+        super().__init__(max_retries=Retry(total=0, read=False, redirect=False, raise_on_status=False))
+        self.timeout = timeout
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        return super().send(
+            request, stream=stream, timeout=self.timeout if timeout is None else timeout,
+            verify=verify, cert=cert, proxies=proxies,
+        )
+
+
 class Platform:
     """One job's connection to the platform: the dataset, its annotations and connections."""
 
     def __init__(self, api_url: str, token: str, dataset_id: str | None, parameters: dict):
         from nimbusimage.worker import WorkerContext
 
-        # The SDK's worker context: its client (with the SDK's retrying session), its
-        # dataset accessors and its message lines.
+        # The SDK's worker context: its client, its dataset accessors and its message lines.
+        # The client's session (girder_client sends every request through it) gets our
+        # transport in place of the SDK's retrying one.
         self.context = WorkerContext(dataset_id=dataset_id, api_url=api_url, token=token, params=parameters)
         self._girder = self.context._gc
-        self._install_timeout()
+        transport = JobTransport(HTTP_TIMEOUT)
+        for scheme in ("http://", "https://"):
+            self._girder._session.mount(scheme, transport)
         self.dataset_id = dataset_id
-
-    def _install_timeout(self) -> None:
-        session = self._girder._session
-        send = session.request
-
-        def request_with_timeout(method, url, **kwargs):
-            kwargs.setdefault("timeout", HTTP_TIMEOUT)
-            return send(method, url, **kwargs)
-
-        session.request = request_with_timeout
 
     @property
     def dataset(self):
@@ -202,13 +218,29 @@ class Platform:
             query["shape"] = shape
         if tags:
             query["tags"] = json.dumps(list(tags))  # the platform reads tags as a JSON array
+        return self._pages("list the annotations", "upenn_annotation", query)
+
+    def _pages(self, what: str, path: str, query: dict) -> list[dict]:
+        """Every document `path` lists for `query`, in `_id` order, page by page along the
+        `afterId` cursor, each page retried on its own."""
+        query = {**query, "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
         documents: list[dict] = []
         while True:
-            page = self._girder.get("upenn_annotation", parameters=query)
+            page = self._retrying(what, lambda: self._girder.get(path, parameters=dict(query)))
             documents.extend(page)
             if len(page) < PAGE_SIZE:
                 return documents
-            query["afterId"] = page[-1]["_id"]
+            cursor = page[-1]["_id"]
+            if "afterId" in query and cursor <= query["afterId"]:
+                # ObjectId strings sort as their creation order; a cursor that does not
+                # advance would page forever.
+                raise WorkerError(
+                    f"Could not {what}: the server sent the page after {query['afterId']} again, "
+                    f"ending at {cursor}, so paging would never end",
+                    info="The platform's listing ignored its afterId cursor; report this to its administrators.",
+                    title="Platform error",
+                )
+            query["afterId"] = cursor
 
     def _tagged(self, any_of_tags: tuple[str, ...], shapes: tuple[str | None, ...]) -> list[dict]:
         """Annotations of any of `shapes` carrying any of `any_of_tags` (no tag filter if
@@ -268,17 +300,7 @@ class Platform:
     def dataset_connections(self) -> list[dict]:
         """Every annotation connection of the dataset, paged with the `_id` cursor."""
 
-        def read() -> list[dict]:
-            query = {"datasetId": self.dataset_id, "limit": PAGE_SIZE, "sort": "_id", "sortdir": 1}
-            connections: list[dict] = []
-            while True:
-                page = self._girder.get("annotation_connection", parameters=query)
-                connections.extend(page)
-                if len(page) < PAGE_SIZE:
-                    return connections
-                query["afterId"] = page[-1]["_id"]
-
-        return self._retrying("read annotation connections", read)
+        return self._pages("read annotation connections", "annotation_connection", {"datasetId": self.dataset_id})
 
     # --- writes ------------------------------------------------------------------
 
