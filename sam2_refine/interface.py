@@ -162,7 +162,10 @@ def build_interface(model_names: list[str]) -> dict:
             "step": 0.5,
             "unit": "Pixels",
             "displayOrder": 8,
-            "tooltip": "Padding will expand (or, if negative, contract) the polygon boundary.",
+            "tooltip": (
+                "Grows (or, if negative, shrinks) each refined outline by this many pixels: "
+                "every point moves this far along the outline's normal, with rounded corners."
+            ),
         },
         SMOOTHING: {
             "type": "number",
@@ -171,7 +174,12 @@ def build_interface(model_names: list[str]) -> dict:
             "default": SMOOTHING_DEFAULT,
             "step": 0.1,
             "displayOrder": 9,
-            "tooltip": "Smoothing is used to simplify the polygons; a value of 0.7 is a good default.",
+            "tooltip": (
+                "Removes vertices while the outline stays within a band this many pixels wide "
+                "around SAM2's exact outline (about half this value on either side); the area "
+                "is kept as it was, so smoothing neither shrinks nor grows cells. 0 keeps every "
+                "vertex; 0.7, the default, keeps about one vertex per 4 pixels of outline."
+            ),
         },
         DOUBTFUL: {
             "type": "select",

@@ -102,7 +102,8 @@ def refine_through_worker(
     env = {**oracle_env(work_dir, cells), "SAM2_REFINE_PREDICTOR": predictor}
     run = run_worker(server, "compute", parameters, checkpoint_dir, dataset_id, extra_env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    created = [a for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
+    # Refinements tagged for review too: whether one is doubtful is not what these checks measure.
+    created = [a for a in server.annotations(dataset_id) if "refined" in a["tags"]]
     assert len(created) == len(cells), run.stdout
     refined = [Polygon([(c["x"], c["y"]) for c in a["coordinates"]]) for a in created]
     pairs = []
