@@ -202,9 +202,10 @@ def main() -> None:
             results = fidelity(refine_through_worker(server, checkpoints, Path(work), cells, outlines, side=side, **fields), padding)
             print(
                 f"| {name} | {len(cells)} | {median(results, 'iou'):.4f} ({min(r.iou for r in results):.4f}) "
-                f"| {median(results, 'area_error'):+.2%} | {median(results, 'perimeter_error'):+.2%} "
+                f"| {median(results, 'area_error'):+.2%} ({max(abs(r.area_error) for r in results):.2%}) "
+                f"| {median(results, 'perimeter_error'):+.2%} "
                 f"| {median(results, 'hausdorff_90'):.3f} ({max(r.hausdorff_90 for r in results):.3f}) "
-                f"| {median(results, 'vertices_per_pixel'):.3f} |"
+                f"| {median(results, 'vertices_per_pixel'):.3f} ({max(r.vertices_per_pixel for r in results):.3f}) |"
             )
 
 
