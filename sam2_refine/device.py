@@ -62,10 +62,7 @@ def choose_device(requested: str | None = None, environ: Mapping[str, str] | Non
             read_driver_version(),
             [str(w.message) for w in cuda_warnings],
         )
-        warning = (
-            f"This image is built for NVIDIA GPUs but found no usable GPU: {reason}. "
-            f"Running on the CPU instead, many times slower."
-        )
+        warning = f"This image is built for NVIDIA GPUs but found no usable GPU: {reason}"
     return DeviceChoice("cpu", f"CPU, {threads} thread{'s' if threads != 1 else ''}", threads, warning)
 
 

@@ -299,7 +299,6 @@ class Platform:
 
     def dataset_connections(self) -> list[dict]:
         """Every annotation connection of the dataset, paged with the `_id` cursor."""
-
         return self._pages("read annotation connections", "annotation_connection", {"datasetId": self.dataset_id})
 
     # --- writes ------------------------------------------------------------------

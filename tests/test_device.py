@@ -14,6 +14,7 @@ from sam2_refine.device import (
     usable_cpu_count,
     why_no_gpu,
 )
+from tests.conftest import cells, compute_parameters, frames, run_worker
 
 EIGHT_CPUS = set(range(8))
 
@@ -130,3 +131,25 @@ def test_a_gpu_image_without_a_gpu_warns_and_says_why():
     assert choice.warning is not None
     assert "built for NVIDIA GPUs but found no usable GPU" in choice.warning
     assert why_no_gpu(torch.version.cuda, None, read_driver_version()) in choice.warning
+
+
+def test_the_job_names_its_device_and_warns_when_the_gpu_image_has_no_gpu(server, tiny_checkpoint_dir):
+    """Through the whole worker with real SAM2 (random weights), as the GPU image runs on a
+    host that gives it no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    dataset_id = server.add_dataset(frames())
+    for shape in cells():
+        server.add_annotation(dataset_id, shape.rough_outline(), tags=["rough"], location={"XY": 0, "Z": 1, "Time": 0})
+    run = run_worker(server, "compute", compute_parameters(dataset_id), tiny_checkpoint_dir, dataset_id,
+                     extra_env={EXPECT_GPU_VARIABLE: "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    threads = usable_cpu_count()
+    assert any(f"on CPU, {threads} thread" in line.get("info", "") for line in run.progress), run.progress
+    gpu_warnings = [w for w in run.warnings if "built for NVIDIA GPUs but found no usable GPU" in w["warning"]]
+    assert len(gpu_warnings) == 1, run.warnings
+    print(next(line["info"] for line in run.progress if " on CPU" in line.get("info", "")))
+    print(gpu_warnings[0])
+    assert why_no_gpu(torch.version.cuda, None, read_driver_version()) in gpu_warnings[0]["warning"]
