@@ -192,7 +192,8 @@ def hand_drawn(rng: np.random.Generator, cell: Cell) -> list[dict]:
     """The outline a little inside or outside the cell, with a wobbly hand, 10-24 vertices."""
     offset = rng.uniform(-1.0, 1.0) * max(1.5, 0.1 * cell.radius)
     vertices = int(rng.integers(10, 25))
-    theta = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+    step = 2 * np.pi / vertices
+    theta = np.arange(vertices) * step + rng.uniform(-0.3, 0.3, vertices) * step
     r = np.maximum(cell.radius_at(theta) + offset + rng.normal(0, 0.6, vertices), 0.5 * cell.radius)
     return [{"x": float(cell.cx + a * np.cos(t)), "y": float(cell.cy + a * np.sin(t))} for a, t in zip(r, theta)]
 
