@@ -5,6 +5,11 @@
 
 Exit status: 0 done (skipped objects are warnings), 1 the job failed, 2 invalid input.
 Errors go to stdout as the platform's JSON error line; tracebacks go to stderr.
+
+For `compute`, torch, sam2 and the predictor load in a background thread while the job
+reads its parameters, annotations and first frame, and the process ends with os._exit
+once its last message is flushed: tearing down torch's modules takes about a second and
+there is nothing left to save.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
+from pathlib import Path
 
 from sam2_refine.errors import EXIT_FAILED, EXIT_INVALID_INPUT, WorkerError
 from sam2_refine.messages import Redactor, Reporter
@@ -41,7 +48,7 @@ def _on_sigterm(signum, frame):
     raise Cancelled()
 
 
-def _load_predictor(checkpoint):
+def _build_predictor(checkpoint: Path):
     """SAM2, or the predictor factory named by SAM2_REFINE_PREDICTOR ("module:callable"),
     the seam through which tests run the whole worker with a known-mask oracle."""
     factory_name = os.environ.get("SAM2_REFINE_PREDICTOR")
@@ -51,6 +58,55 @@ def _load_predictor(checkpoint):
     from sam2_refine.model import Sam2Predictor
 
     return Sam2Predictor(checkpoint)
+
+
+class Preload:
+    """The predictor for `checkpoint`, built in a background thread from the start of the
+    job; `get` waits for it and raises what building it raised."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self._predictor = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._build, name="preload-predictor", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        try:
+            self._predictor = _build_predictor(self.checkpoint)
+        except BaseException as error:  # re-raised in the main thread by `get`
+            self._error = error
+
+    def get(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._predictor
+
+
+_preload: Preload | None = None
+_request: str | None = None  # the parsed --request, for the way the process exits
+
+
+def start_preload(parameters: dict) -> None:
+    """Start building the predictor of the job's Model if that checkpoint is installed."""
+    global _preload
+    from sam2_refine.interface import checkpoint_dir
+
+    values = parameters.get("workerInterface")
+    model = values.get("Model") if isinstance(values, dict) else None
+    if not isinstance(model, str) or Path(model).name != model or not model.endswith(".pt"):
+        return
+    checkpoint = checkpoint_dir() / model
+    if checkpoint.is_file():
+        _preload = Preload(checkpoint)
+
+
+def _load_predictor(checkpoint: Path):
+    """The predictor for `checkpoint`: the preloaded one when it is for that file."""
+    if _preload is not None and Path(checkpoint) == _preload.checkpoint:
+        return _preload.get()
+    return _build_predictor(Path(checkpoint))
 
 
 def run(args: argparse.Namespace, parameters: dict, reporter: Reporter, platform) -> None:
@@ -65,7 +121,9 @@ def run(args: argparse.Namespace, parameters: dict, reporter: Reporter, platform
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _request
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    _request = args.request
     redact = Redactor([args.token])
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -77,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                           "info": "The platform sends the job's parameters as JSON.", "type": "error"}), flush=True)
         return EXIT_INVALID_INPUT
 
+    if args.request == "compute":
+        start_preload(parameters)
     from sam2_refine.nimbus import Platform
 
     platform = Platform(args.apiUrl, args.token, args.datasetId, parameters)
@@ -100,5 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def exit_process(status: int, fast: bool) -> None:
+    """Exit with `status`; `fast`: flush stdout and stderr, then skip interpreter teardown."""
+    if fast:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    exit_process(status, fast=_request == "compute")

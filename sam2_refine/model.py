@@ -36,9 +36,9 @@ OFFICIAL_CONFIGS = {
 # SAM2 resizes every input to this square side, in pixels.
 MODEL_INPUT_SIDE = 1024
 
-# Boxes decoded per call, by device type. On CPU one box per call is as fast per box as
-# any batch (benchmarks/RESULTS.md); GPU sizes are unmeasured here (no GPU lent).
-DECODE_BATCH_SIZE = {"cpu": 1, "mps": 16, "cuda": 64}
+# Boxes decoded per call, by device type. On CPU 4 is a little faster per box than 1 or 8
+# (benchmarks/RESULTS.md, `benchmarks/precision.py`); GPU sizes are unmeasured (no GPU lent).
+DECODE_BATCH_SIZE = {"cpu": 4, "mps": 16, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -324,15 +324,20 @@ class Sam2Predictor:
         if self.precision == "fp32":
             return "fp32"
         if self.device == "cpu":
-            return f"bf16 autocast ({', '.join(native_bf16_flags()) or 'emulated'})"
+            return f"image encoder in bf16 autocast ({', '.join(native_bf16_flags()) or 'emulated'}), mask decoder in fp32"
         return "bf16 autocast" + (", TF32" if self.device == "cuda" else "")
 
-    def _autocast(self):
+    def _autocast(self, stage: str):
+        """bf16 autocast for `stage` ("encode" or "decode") where it is chosen. On the CPU
+        only the image encoder runs in bf16: the decoder is no faster in bf16 there
+        (benchmarks/RESULTS.md) and stays exact in fp32."""
         import torch
 
-        if self.precision == "bf16" and self.device in ("cuda", "cpu"):
-            return torch.autocast(self.device, dtype=torch.bfloat16)
-        return nullcontext()
+        if self.precision != "bf16" or self.device not in ("cuda", "cpu"):
+            return nullcontext()
+        if self.device == "cpu" and stage == "decode":
+            return nullcontext()
+        return torch.autocast(self.device, dtype=torch.bfloat16)
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
         import torch
@@ -340,7 +345,7 @@ class Sam2Predictor:
 
         model = self.model
         side = model.image_size
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast("encode"):
             pixels = torch.from_numpy(np.ascontiguousarray(window_image.transpose(2, 0, 1)))[None].to(self.device)
             pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
             pixels = (pixels - self._mean) / self._std
@@ -349,6 +354,9 @@ class Sam2Predictor:
             if model.directly_add_no_mem_embed:
                 features[-1] = features[-1] + model.no_mem_embed
             maps = [f.permute(1, 2, 0).view(1, -1, h, w) for f, (h, w) in zip(features, sizes)]
+        with torch.inference_mode(), self._autocast("decode"):
+            if self.device == "cpu":
+                maps = [m.float() for m in maps]
             self._image_embed, self._high_res = maps[-1], maps[:-1]
             self._first_block = self._first_block_projections()
         self._window_hw = (window.height, window.width)
@@ -364,7 +372,7 @@ class Sam2Predictor:
         model = self.model
         decoder = model.sam_mask_decoder
         count = len(boxes)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast("decode"):
             tokens = self._prompt_tokens(boxes)
             hs, src = self._transformer(tokens)
             src = src.transpose(1, 2).reshape(count, *self._image_embed.shape[1:])
@@ -448,7 +456,7 @@ class Sam2Predictor:
     def _first_block_projections(self) -> dict:
         """What the decoder's first two-way block computes from the image tokens alone: a
         box prompt's dense embedding is the constant no_mask_embed, so these are the same
-        for every box of the window. Called inside encode's inference mode and autocast."""
+        for every box of the window. Called inside inference mode and the decoder's autocast."""
         model = self.model
         block = model.sam_mask_decoder.transformer.layers[0]
         no_mask = model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
