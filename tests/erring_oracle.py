@@ -8,7 +8,9 @@ answer carries SAM2-like scores (predicted IoU, object score), given through `de
 
 In the worker subprocess: SAM2_REFINE_PREDICTOR=tests.erring_oracle:from_environment,
 ERRING_ORACLE=<json file from `answers_to_json`>; with ERRING_ORACLE_DECODES=<file>,
-each decoded box's centre (image pixels) is appended to that file, one "x y" line per box.
+each decoded box's centre (image pixels) is appended to that file, one "x y" line per box;
+ERRING_ORACLE_DEVICE and ERRING_ORACLE_DEVICE_WARNING set the optional `device_description`
+and `device_warning` a real predictor has.
 """
 
 from __future__ import annotations
@@ -83,4 +85,10 @@ def from_environment(checkpoint) -> ErringOracle:
         raw = json.load(handle)
     answers = [answer_from_json(a) for a in raw["answers"]]
     kind = ScoredErringOracle if raw.get("scores") else ErringOracle
-    return kind(np.array(raw["keys"]), answers, raw.get("scores"), os.environ.get("ERRING_ORACLE_DECODES"))
+    oracle = kind(np.array(raw["keys"]), answers, raw.get("scores"), os.environ.get("ERRING_ORACLE_DECODES"))
+    # Where a real predictor says it runs (ERRING_ORACLE_DEVICE) and why not on the GPU.
+    if "ERRING_ORACLE_DEVICE" in os.environ:
+        oracle.device_description = os.environ["ERRING_ORACLE_DEVICE"]
+    if "ERRING_ORACLE_DEVICE_WARNING" in os.environ:
+        oracle.device_warning = os.environ["ERRING_ORACLE_DEVICE_WARNING"]
+    return oracle

@@ -19,7 +19,7 @@ from tests.erring_oracle import answers_to_json
 from tests.synthetic_cells import EMPTY, ERRORS, GOOD, SECOND, make_scene
 
 TAG = "rough"
-SCENES = 3  # one per time point
+SCENES = 6  # one per time point
 SIDE = 512
 
 
@@ -219,3 +219,13 @@ def test_rectangles_are_refined_into_polygons_and_replaced(server, oracle_run):
     assert not {a["_id"] for a in remaining} & set(ids)
     assert [a["shape"] for a in remaining] == ["polygon"] * len(ids)
     assert f"Refined {len(ids)} of {len(ids)}" in run.progress[-1]["info"]
+
+
+def test_the_job_says_where_it_runs_and_warns_when_the_gpu_is_unusable(server, erring_run):
+    dataset_id, ids, keys, answers = one_cell_scene(server)
+    warning = "This image is built for NVIDIA GPUs, but the driver is too old for its CUDA"
+    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id),
+                     ERRING_ORACLE_DEVICE="CPU (2 threads)", ERRING_ORACLE_DEVICE_WARNING=warning)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert any("on CPU (2 threads)" in (m.get("info") or "") for m in run.progress)
+    assert [w["warning"] for w in run.warnings if "GPU" in w["warning"]] == [warning]
