@@ -89,3 +89,32 @@ def test_an_absurd_batch_range_is_refused_at_once_naming_the_valid_range(server,
     print(f"Batch Time 1-30000000: worker peak RSS {run.peak_rss_kib / 2**10:.0f} MiB")
     assert run.peak_rss_kib / 2**20 < SMALL_START_GIB, f"peak RSS {run.peak_rss_kib / 2**20:.2f} GiB"
     assert not [a for a in server.annotations(dataset_id) if a["tags"] != ["rough"]]
+
+
+def test_a_window_larger_than_sams_input_is_fetched_downsampled(server, oracle_checkpoint_dir, tmp_path):
+    """A cell 1400 pixels across gets a window wider than SAM2's 1024-pixel input: the server
+    downsamples that region (the SDK's size cap), and the outline still lands in place."""
+    cells = [Disk(1500.0, 1400.0, 700.0), Disk(200.0, 2700.0, 15.0), Disk(2800.0, 300.0, 20.0)]
+    dataset_id = server.add_dataset(frame_showing(cells, 3000))
+    for cell in cells:
+        server.add_annotation(dataset_id, [(p["x"], p["y"]) for p in cell.rough_outline(4.0)], tags=["rough"])
+    parameters = compute_parameters(dataset_id)
+    parameters["tile"] = {"XY": 0, "Z": 0, "Time": 0}
+
+    run = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id,
+                     extra_env=oracle_env(tmp_path, cells))
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    refined = [Polygon([(p["x"], p["y"]) for p in a["coordinates"]])
+               for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
+    assert len(refined) == len(cells)
+    for cell in cells:
+        truth = Point(cell.cx, cell.cy).buffer(cell.radius, quad_segs=64)
+        best = max(refined, key=lambda polygon: polygon.intersection(truth).area)
+        assert best.intersection(truth).area / best.union(truth).area > 0.9
+    regions = [query for method, path, query, _ in server.request_log if path.endswith("tiles/region")]
+    capped = [query for query in regions if "width" in query]
+    assert len(capped) == 1 and int(capped[0]["width"]) == int(capped[0]["height"]) == 1024
+    assert float(capped[0]["right"]) - float(capped[0]["left"]) > 1400
+    assert all(max(float(q["right"]) - float(q["left"]), float(q["bottom"]) - float(q["top"])) <= 1024
+               for q in regions if q is not capped[0])
