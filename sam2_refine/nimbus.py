@@ -16,9 +16,10 @@ Retry policy (this module owns it):
 - Any other error answer (400, 401, 403, 404, ...) is final.
 - Every request has a client timeout of `HTTP_TIMEOUT` seconds (girder_client sets none):
   the longest wait for the connection, and for each part of the answer.
-- These are the only retries. The SDK's session retries 502/503/504 on its own (five
-  times, through urllib3), which would multiply ours; `JobTransport`, mounted on that
-  session in its place, makes one attempt per request and sets the timeout.
+- These are the only retries. The SDK's session retries on its own (through urllib3, up
+  to five times with growing backoff: 502/503/504 answers, and timeouts and broken
+  connections of idempotent requests), which would multiply ours; `JobTransport`,
+  mounted on that session in its place, makes one attempt per request and sets the timeout.
 """
 
 from __future__ import annotations
