@@ -8,7 +8,7 @@ outline. A refinement with any such trace is *doubtful*, and a doubtful refineme
 never replaces its original.
 
 All geometry is in image pixels (x = column, y = row). The thresholds come from
-`scripts/review_thresholds.py` (synthetic irregular cells 8-60 px across, rough
+`python -m tests.measure_review` (synthetic irregular cells 8-60 px across, rough
 originals as users draw them, and SAM2's typical errors); README "Guarantees" quotes
 the figures.
 """
@@ -22,12 +22,9 @@ import shapely
 from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
 
-from . import interface as ui
 from .engine import Outcome, Reason
 from .geometry import coordinates_to_points
 
-
-REVIEW_TAG = ui.REVIEW_TAG
 
 # Rough originals are this loose, in pixels, without being wrong: a box 1-3 px loose
 # around the cell, or a hand-drawn outline a little inside or outside it.
@@ -217,24 +214,38 @@ def overlap_doubts(
     return doubtful
 
 
+def unpadded(polygon: Polygon | None, padding: float) -> Polygon | None:
+    """The refined outline before the user's padding (pixels): the checks compare what
+    SAM2 found, not the growth the user asked for."""
+    if polygon is None or padding == 0:
+        return polygon
+    shape = polygon.buffer(-padding)
+    if shape.is_empty:
+        return polygon
+    parts = [shape] if isinstance(shape, Polygon) else [g for g in shape.geoms if isinstance(g, Polygon)]
+    return max(parts, key=lambda part: part.area) if parts else polygon
+
+
 def review_location(
     originals: list[Polygon | None],
     outcomes: list[Outcome],
+    padding: float = 0.0,
     accepted_elsewhere: list[Polygon] = (),
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[Outcome]:
-    """The outcomes of one location with every doubt added (skips are left as they are)."""
+    """The outcomes of one location with every doubt added (skips are left as they are).
+    `padding` is the user's Padding, which the outcomes' polygons include."""
+    refined = [unpadded(outcome.polygon, padding) for outcome in outcomes]
     doubts: list[list[Reason]] = []
-    for original, outcome in zip(originals, outcomes):
+    for original, outcome, polygon in zip(originals, outcomes, refined):
         found = list(outcome.doubts)
-        if outcome.polygon is not None:
-            found += [r for r in score_doubts(outcome, thresholds) + shape_doubts(outcome.polygon, original, thresholds)
+        if polygon is not None:
+            found += [r for r in score_doubts(outcome, thresholds) + shape_doubts(polygon, original, thresholds)
                       if r not in found]
         doubts.append(found)
-    refined = [outcome.polygon for outcome in outcomes]
     ranking = [
-        (bool(doubts[i]), -_agreement(outcome.polygon, originals[i]) if outcome.polygon is not None else 0.0, i)
-        for i, outcome in enumerate(outcomes)
+        (bool(doubts[i]), -_agreement(polygon, originals[i]) if polygon is not None else 0.0, i)
+        for i, polygon in enumerate(refined)
     ]
     for index in overlap_doubts(refined, ranking, accepted_elsewhere, thresholds):
         if Reason.OVERLAPS_ANOTHER not in doubts[index]:

@@ -6,6 +6,7 @@ from shapely.geometry import Point, Polygon, box
 
 from sam2_refine.engine import Outcome, Reason
 from sam2_refine.review import original_outline, review_location
+from sam2_refine.worker import prompt_coordinates
 
 CELL = Point(100, 100).buffer(10, quad_segs=32)  # a round cell 20 px across
 NEIGHBOUR = Point(121, 100).buffer(10, quad_segs=32)
@@ -73,3 +74,17 @@ def test_original_outlines_of_rectangles_and_crossed_polygons():
         {"x": 0, "y": 0}, {"x": 10, "y": 10}, {"x": 10, "y": 0}, {"x": 0, "y": 10}]})
     assert bow_tie.is_valid and bow_tie.area > 0
     assert original_outline({"shape": "polygon", "coordinates": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]}) is None
+
+
+def test_a_rectangle_stored_as_two_corners_prompts_with_its_four():
+    corners = prompt_coordinates({"shape": "rectangle", "coordinates": [{"x": 30, "y": 5}, {"x": 10, "y": 20}]})
+    assert corners == [{"x": 10, "y": 5}, {"x": 30, "y": 5}, {"x": 30, "y": 20}, {"x": 10, "y": 20}]
+
+
+def test_the_users_padding_is_not_taken_for_an_error():
+    original = CELL.buffer(1)
+    for padding in (-6.0, 12.0):
+        (outcome,) = review_location([original], [Outcome(CELL.buffer(padding))], padding)
+        assert outcome.doubts == ()
+    (unpadded,) = review_location([original], [Outcome(CELL.buffer(12.0))])
+    assert unpadded.doubts == (Reason.SPILLS_OUTSIDE,)

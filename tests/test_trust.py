@@ -16,7 +16,7 @@ from sam2_refine.interface import REVIEW_TAG
 from sam2_refine.nimbus import MARKER_KEY
 from tests.conftest import cells, compute_parameters, oracle_env, run_worker
 from tests.erring_oracle import answers_to_json
-from tests.synthetic_cells import EMPTY, ERRORS, GOOD, SECOND, make_scene
+from tests.synthetic_cells import EMPTY, ERRORS, GOOD, make_scene
 
 TAG = "rough"
 SCENES = 6  # one per time point
@@ -73,10 +73,11 @@ def replacing(dataset_id, **values):
     return parameters
 
 
-def test_erring_masks_keep_their_originals_and_good_ones_replace_them(server, erring_run):
+@pytest.mark.parametrize("padding", [0, 3])
+def test_erring_masks_keep_their_originals_and_good_ones_replace_them(server, erring_run, padding):
     scenes = [make_scene(seed) for seed in range(SCENES)]
     dataset_id, seeded, keys, answers = seed_scenes(server, scenes)
-    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id))
+    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id, Padding=padding))
     assert run.returncode == 0, run.stdout + run.stderr
 
     present = {a["_id"] for a in server.annotations(dataset_id)}
