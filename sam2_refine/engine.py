@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
+from scipy import ndimage
 from shapely.geometry import Polygon
 
 from . import geometry, tiling
@@ -167,9 +168,10 @@ def _refine_one(
     """One object's outline from its low-resolution logits over `window`.
 
     The logits are read over the object's search area (box plus margin). Where the mask
-    reaches a side of that area that lies inside the window, the area grows on that side
-    until the mask no longer reaches it or the area reaches the window's edge; a mask that
-    still reaches a window edge that is not the frame's gets `Reason.REACHES_VIEW_EDGE`.
+    reaches a side of that area that lies inside the window, the area grows (first to the
+    mask's extent on the low-resolution grid, then on the sides still reached) until the
+    mask no longer reaches it or the area reaches the window's edge; a mask that still
+    reaches a window edge that is not the frame's gets `Reason.REACHES_VIEW_EDGE`.
     `low_res` need only be valid over the search area when `whole_window_logits` is
     given: it is called (once) for logits valid over the whole window before growing.
     """
@@ -179,20 +181,25 @@ def _refine_one(
     if piece is None:
         return Outcome(None, Reason.EMPTY_MASK)
     step = math.ceil(tiling.margin_for(box))
-    reaching = tuple(t and o for t, o in zip(geometry.touched_sides(piece), _open_sides(region, window)))
-    if any(reaching) and whole_window_logits is not None:
-        low_res = whole_window_logits()
-    while any(reaching):
-        # Follow the piece into the grown region through its strongest pixel.
+    jumped = False
+    while any(reaching := _reaching_sides(piece, region, window)):
+        # Follow the piece into the grown region through its strongest pixel (window frame).
         seed_row, seed_col = np.unravel_index(np.argmax(np.where(piece, field, -np.inf)), field.shape)
-        seed_row, seed_col = seed_row + region[1], seed_col + region[0]
-        region = _grown(region, reaching, step, window)
+        seed = (int(seed_row) + region[1], int(seed_col) + region[0])
+        if not jumped:
+            # First straight to the extent of the piece on the low-resolution grid (cheap), so a
+            # large mask costs one resize, not one per step; steps then settle what is left.
+            if whole_window_logits is not None:
+                low_res = whole_window_logits()
+            region = _union(region, _grid_extent(low_res, seed, window))
+            jumped = True
+        else:
+            region = _grown(region, reaching, step, window)
+            step *= 2
         field = resize_region(low_res, window.height, window.width, region)
-        piece = geometry.piece_at(field > 0, seed_row - region[1], seed_col - region[0])
+        piece = geometry.piece_at(field > 0, seed[0] - region[1], seed[1] - region[0])
         if piece is None:
             return Outcome(None, Reason.EMPTY_MASK)
-        reaching = tuple(t and o for t, o in zip(geometry.touched_sides(piece), _open_sides(region, window)))
-        step *= 2
     doubts = (Reason.REACHES_VIEW_EDGE,) if _reaches_view_edge(piece, region, window, frame_width, frame_height) else ()
     outline = geometry.piece_outline(field, piece, offset=(region[0] + window.left, region[1] + window.top))
     polygon = None if outline is None else geometry.finish_outline(outline, settings.smoothing, settings.padding)
@@ -201,6 +208,36 @@ def _refine_one(
     if polygon is None:
         return Outcome(None, Reason.VANISHED)
     return Outcome(polygon, doubts=doubts)
+
+
+def _reaching_sides(piece: np.ndarray, region: Region, window: Window) -> tuple[bool, bool, bool, bool]:
+    """The sides of `region` that the piece reaches and beyond which the window goes on."""
+    return tuple(t and o for t, o in zip(geometry.touched_sides(piece), _open_sides(region, window)))
+
+
+def _union(a: Region, b: Region) -> Region:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _grid_extent(low_res: np.ndarray, seed: tuple[int, int], window: Window) -> Region:
+    """Window pixels that the positive low-resolution cells around `seed` (row, col; window
+    pixels) can make positive: their group, cells up to two apart counting as one, plus the
+    one-cell reach of bilinear resizing. The seed's own cell if none is positive."""
+    cells_high, cells_wide = low_res.shape
+    row_scale, col_scale = window.height / cells_high, window.width / cells_wide  # window pixels per cell
+    row = min(int((seed[0] + 0.5) / row_scale), cells_high - 1)
+    col = min(int((seed[1] + 0.5) / col_scale), cells_wide - 1)
+    positive = low_res > 0
+    # Adjacent image pixels read cells up to two apart, so the group allows one-cell gaps.
+    labels, _ = ndimage.label(ndimage.binary_dilation(positive, structure=np.ones((3, 3), bool)))
+    group = labels[row, col]
+    rows, cols = np.nonzero(positive & (labels == group)) if group else (np.array([row]), np.array([col]))
+    return (
+        max(0, math.floor((cols.min() - 0.5) * col_scale)),
+        max(0, math.floor((rows.min() - 0.5) * row_scale)),
+        min(window.width, math.ceil((cols.max() + 1.5) * col_scale)),
+        min(window.height, math.ceil((rows.max() + 1.5) * row_scale)),
+    )
 
 
 def _reaches_view_edge(piece: np.ndarray, region: Region, window: Window, frame_width: int, frame_height: int) -> bool:
