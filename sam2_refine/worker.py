@@ -319,7 +319,7 @@ def _refine_location(
             predictor, images, (frame.width, frame.height), [prompt_coordinates(o) for o in todo], settings, progress
         )
         del images
-        outcomes = review_location([original_outline(o) for o in todo], outcomes)
+        outcomes = review_location([original_outline(o) for o in todo], outcomes, params.padding)
         refined = decide(todo, outcomes, params.doubtful, tally)
     writer.write_location(location, refined, done)
     tally.finished += len(todo)
