@@ -231,3 +231,16 @@ def test_run_key_changes_with_the_settings_that_shape_the_output_only():
     assert run_key(base) != run_key(parameters(platform, padding=2.0))
     assert run_key(base) != run_key(parameters(platform, model_name="other.pt"))
     assert run_key(base) != run_key(parameters(platform, output_tags=("x",)))
+
+
+def test_the_platform_and_the_fake_have_what_write_back_needs_with_the_same_parameters():
+    import inspect
+
+    from sam2_refine import nimbus, writeback
+
+    needed = [name for name in vars(writeback.Platform) if not name.startswith("_")]
+    assert "create_annotations" in needed and "marked_annotations" in needed
+    for name in needed:
+        wanted = list(inspect.signature(getattr(writeback.Platform, name)).parameters)
+        assert list(inspect.signature(getattr(nimbus.Platform, name)).parameters) == wanted, name
+        assert list(inspect.signature(getattr(FakePlatform, name)).parameters) == wanted, name
