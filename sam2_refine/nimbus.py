@@ -250,10 +250,7 @@ class Platform:
         found: dict[str, dict] = {}
         for shape in shapes:
             for tags in queries:
-                pages = self._retrying(
-                    "list the annotations", lambda tags=tags, shape=shape: self._polygon_pages(tags, shape)
-                )
-                for document in pages:
+                for document in self._polygon_pages(tags, shape):
                     found.setdefault(document["_id"], document)
         return list(found.values())
 
@@ -291,7 +288,7 @@ class Platform:
         """original id -> refined document, for the polygons carrying all of `tags` whose
         marker is "<run_key>/<original id>" (created by a run with the same settings)."""
         prefix = f"{run_key}/"
-        documents = self._retrying("check what was saved", lambda: self._polygon_pages(tags or None))
+        documents = self._polygon_pages(tags or None)
         return {
             str(doc[MARKER_KEY])[len(prefix):]: doc
             for doc in documents
