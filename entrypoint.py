@@ -6,10 +6,11 @@
 Exit status: 0 done (skipped objects are warnings), 1 the job failed, 2 invalid input.
 Errors go to stdout as the platform's JSON error line; tracebacks go to stderr.
 
-For `compute`, torch, sam2 and the predictor load in a background thread while the job
-reads its parameters, annotations and first frame, and the process ends with os._exit
-once its last message is flushed: tearing down torch's modules takes about a second and
-there is nothing left to save.
+For `compute`, torch, sam2 and the predictor load in a background thread from the job's
+first progress message on (the worker sends it once the parameters are accepted, so a
+refused job never loads torch) while the job reads its annotations, and the process ends
+with os._exit once its last message is flushed: tearing down torch's modules takes about
+a second and there is nothing left to save.
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def start_preload(parameters: dict) -> None:
         _preload = Preload(checkpoint)
 
 
+class PreloadingReporter(Reporter):
+    """The job's Reporter; its first progress message starts `start` (once)."""
+
+    def __init__(self, context, redact: Redactor, start) -> None:
+        super().__init__(context, redact)
+        self._start = start
+
+    def progress(self, fraction: float, info: str = "", force: bool = False) -> None:
+        start, self._start = self._start, None
+        if start is not None:
+            start()
+        super().progress(fraction, info, force)
+
+
 def _load_predictor(checkpoint: Path):
     """The predictor for `checkpoint`: the preloaded one when it is for that file."""
     if _preload is not None and Path(checkpoint) == _preload.checkpoint:
@@ -135,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                           "info": "The platform sends the job's parameters as JSON.", "type": "error"}), flush=True)
         return EXIT_INVALID_INPUT
 
-    if args.request == "compute":
-        start_preload(parameters)
     from sam2_refine.nimbus import Platform
 
     platform = Platform(args.apiUrl, args.token, args.datasetId, parameters)
-    reporter = Reporter(platform.context, redact)
+    if args.request == "compute":
+        reporter = PreloadingReporter(platform.context, redact, lambda: start_preload(parameters))
+    else:
+        reporter = Reporter(platform.context, redact)
     try:
         run(args, parameters, reporter, platform)
         return 0

@@ -226,3 +226,14 @@ def test_nothing_to_refine_exits_cleanly_while_the_model_still_loads(server, tin
     assert run.returncode == 0, run.stderr
     assert run.progress[-1]["progress"] == 1.0 and run.progress[-1]["info"] == "Nothing to refine"
     assert "Traceback" not in run.stderr
+
+
+def test_a_refused_job_never_starts_loading_the_model(server, oracle_checkpoint_dir, tmp_path):
+    dataset_id = seed_dataset(server, z=2, time=1)
+    log = tmp_path / "builds.log"
+    env = {**oracle_env(tmp_path, cells()), "SAM2_REFINE_PREDICTOR": "tests.test_worker_requests:counting_oracle",
+           "BUILDS_LOG": str(log)}
+    run = run_worker(server, "compute", compute_parameters(dataset_id, **{"Batch Z": "1-9"}), oracle_checkpoint_dir,
+                     dataset_id, extra_env=env)
+    assert run.returncode == 2
+    assert not log.exists()
