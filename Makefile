@@ -10,7 +10,7 @@ export PIP_CONSTRAINT := /dev/null
 export SAM2_BUILD_CUDA := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test demo bench docs docs-check weights image image-test clean
+.PHONY: test demo bench bench-quick docs docs-check weights image image-test clean
 
 SAM2_CHECKPOINTS ?= tiny small base_plus large
 
@@ -25,8 +25,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/run_demo.py
 
+# The tables of benchmarks/RESULTS.md: end to end against the existing algorithm, then
+# bf16 against fp32 on this CPU. `bench-quick` is a one-minute smoke run.
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/precision.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run.py --quick
 
 docs: $(STAMP)
 	$(PY) scripts/generate_docs.py

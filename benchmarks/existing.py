@@ -173,9 +173,11 @@ def compute(dataset_id: str, api_url: str, token: str, params: dict) -> None:
         with CLOCK.timed("fetch_image"):
             images = [dataset.images.get(xy=xy, z=z, time=time, channel=c) for c in range(dataset.num_channels)]
             image = merge_channels(images, layers).astype(np.float32)
+        CLOCK.mark("first_encode")
         with CLOCK.timed("encode"):
             predictor.set_image(image)
         boxes = [Polygon([(c["x"], c["y"]) for c in a["coordinates"]]).bounds for a in annotations]
+        CLOCK.values["image_px_per_mask_px"] += [max(image.shape[:2]) / 256] * len(boxes)
         masks = []
         with CLOCK.timed("decode"):
             for box in boxes:

@@ -2,21 +2,19 @@
 
 Our worker loads this through its existing predictor seam:
 `SAM2_REFINE_PREDICTOR=benchmarks.probe:predictor`. The factory builds the real
-`Sam2Predictor` (or the proposed one in `benchmarks/proposed.py`) and wraps it, and it
-wraps the worker's own stage functions with timers. Nothing else in the worker changes.
+`Sam2Predictor` and wraps it, and it wraps the worker's own stage functions with timers.
+Nothing else in the worker changes. The worker builds its predictor in a background
+thread from the start of the job (entrypoint.py), so the factory runs there too.
 
 Environment:
-  BENCH_TIMINGS    JSON file written at exit: seconds and calls per stage, wall-clock marks.
+  BENCH_TIMINGS    JSON file written at exit: seconds and calls per stage, wall-clock
+                   marks, and per decoded object the image pixels per mask pixel.
   BENCH_CELLS      .npz of the workload's cells: after the real decoder has run, its
                    logits are replaced by those of the true cell (see workload.Cells), so
                    geometry works on realistic masks instead of random-weight noise.
-  BENCH_DECODE_BATCH  boxes per decoder call instead of the predictor's own.
-  BENCH_AUTOCAST   "bf16": run encode and decode under CPU bfloat16 autocast.
-  BENCH_PREDICTOR  "proposed": use benchmarks.proposed.FastSam2Predictor.
-Simulations of changes outside model.py (PROPOSALS.md, "Outside model.py"):
-  BENCH_FAST_EXIT=1        the worker ends with os._exit after flushing, skipping the
-                           ~1 s of library teardown that follows `import torch`.
-  BENCH_FULL_RES_FETCH=1   Whole frame fetches the frame at full resolution (no max_size).
+  BENCH_PRECISION  "fp32" or "bf16": override the predictor's own choice.
+  BENCH_MODEL      "none": no SAM2 at all, only the true cells' logits (the time-lapse
+                   workload, which measures the worker's per-frame cost and memory).
 """
 
 from __future__ import annotations
@@ -25,25 +23,27 @@ import atexit
 import functools
 import json
 import os
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import Cells
+from benchmarks.workload import LOW_RES, Cells
 
 
 class Clock:
-    """Seconds and calls per stage, plus wall-clock marks (time.time())."""
+    """Seconds and calls per stage, wall-clock marks (time.time()) and sampled values."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: Counter = Counter()
         self.marks: dict[str, float] = {}
+        self.values: dict[str, list[float]] = defaultdict(list)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -63,23 +63,35 @@ class Clock:
         return timed_call
 
     def mark(self, name: str) -> None:
-        self.marks[name] = time.time()
+        self.marks.setdefault(name, time.time())
 
     def as_dict(self) -> dict:
-        return {"seconds": dict(self.seconds), "calls": dict(self.calls), "marks": self.marks}
+        return {"seconds": dict(self.seconds), "calls": dict(self.calls), "marks": self.marks,
+                "values": dict(self.values)}
 
 
 CLOCK = Clock()
 
 
-def _write_at_exit() -> None:
+def write_timings() -> None:
     path = os.environ.get("BENCH_TIMINGS")
     if path:
         CLOCK.mark("exit")
         Path(path).write_text(json.dumps(CLOCK.as_dict()))
 
 
-atexit.register(_write_at_exit)
+atexit.register(write_timings)
+
+
+def _write_before_fast_exit() -> None:
+    """entrypoint.py ends compute with os._exit, which skips atexit: write first."""
+    fast_exit = os._exit
+
+    def exit_after_writing(status: int) -> None:
+        write_timings()
+        fast_exit(status)
+
+    os._exit = exit_after_writing
 
 
 def cells_from_environment() -> Cells | None:
@@ -87,24 +99,30 @@ def cells_from_environment() -> Cells | None:
     return Cells.load(path) if path else None
 
 
-def autocast_from_environment():
-    if os.environ.get("BENCH_AUTOCAST") == "bf16":
-        import torch
+class CellsOnly:
+    """No model: each box's logits are its true cell's (BENCH_MODEL=none)."""
 
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext
+    decode_batch_size = 16
+    device_description = "no model (the true cells' logits)"
+
+    def encode(self, window_image: np.ndarray, window: Any) -> None:
+        pass
+
+    def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
+        return np.full((len(boxes), LOW_RES, LOW_RES), -1.0, np.float32)
 
 
 class TimedPredictor:
     """The engine's MaskPredictor protocol around a real predictor, with timers."""
 
-    def __init__(self, inner: Any, cells: Cells | None, batch_size: int | None, autocast: Callable) -> None:
+    def __init__(self, inner: Any, cells: Cells | None) -> None:
         self._inner = inner
         self._cells = cells
-        self._autocast = autocast
         self._window = None
         self._encoded_at: float | None = None
-        self.decode_batch_size = batch_size or inner.decode_batch_size
+        self.decode_batch_size = inner.decode_batch_size
+        self.device_description = getattr(inner, "device_description", None)
+        self.device_warning = getattr(inner, "device_warning", None)
 
     def close_window(self) -> None:
         """Count the time since the last encode as spent on that window's objects."""
@@ -114,29 +132,38 @@ class TimedPredictor:
 
     def encode(self, window_image: np.ndarray, window: Any) -> None:
         self.close_window()
+        CLOCK.mark("first_encode")
         self._window = window
-        with CLOCK.timed("encode"), self._autocast():
+        with CLOCK.timed("encode"):
             self._inner.encode(window_image, window)
         self._encoded_at = time.perf_counter()
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
-        with CLOCK.timed("decode"), self._autocast():
-            logits = self._inner.decode_low_res(boxes)
+        return self.decode(boxes).logits
+
+    def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None):
+        from sam2_refine.model import DecodedMasks, decode_masks
+
+        w = self._window
+        CLOCK.values["image_px_per_mask_px"] += [max(w.width, w.height) / LOW_RES] * len(boxes)
+        with CLOCK.timed("decode"):
+            decoded = decode_masks(self._inner, boxes, areas)
         if self._cells is None:
-            return logits
+            return decoded
         with CLOCK.timed("substitute"):
-            w = self._window
-            return np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height) for box in boxes])
+            logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height) for box in boxes])
+        return DecodedMasks(logits, decoded.predicted_iou, decoded.object_score)
 
 
 def _instrument_worker(predictor: TimedPredictor) -> None:
     """Timers around the worker's stage functions (looked up by name at call time)."""
-    from sam2_refine import engine, nimbus, worker
+    from sam2_refine import engine, nimbus, worker, writeback
 
     targets = [
         (engine, "_refine_one", "geometry"),
-        (worker, "write_back", "upload"),
+        (writeback.WriteBack, "write_location", "upload"),
         (nimbus.Platform, "frame_image", "fetch_image"),
+        (nimbus.Platform, "window_image", "fetch_image"),
     ]
     for owner, name, stage in targets:
         if hasattr(owner, name):
@@ -156,50 +183,19 @@ def _instrument_worker(predictor: TimedPredictor) -> None:
     worker.refine_frame = timed_refine_frame
 
 
-_ERRORS_REPORTED: list[str] = []
-
-
-def _fast_exit() -> None:
-    """Runs first at exit: flush, write the timings, leave without interpreter teardown.
-    The exit status is 1 if the worker reported an error line, else 0 (a simulation)."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _write_at_exit()
-    os._exit(1 if _ERRORS_REPORTED else 0)
-
-
-def _simulate_outside_changes() -> None:
-    if os.environ.get("BENCH_FAST_EXIT") == "1":
-        from sam2_refine.messages import Reporter
-
-        error = Reporter.error
-
-        def noted_error(self, message, *args, **kwargs):
-            _ERRORS_REPORTED.append(message)
-            return error(self, message, *args, **kwargs)
-
-        Reporter.error = noted_error
-        atexit.register(_fast_exit)  # registered last, so it runs first
-    if os.environ.get("BENCH_FULL_RES_FETCH") == "1":
-        from sam2_refine import worker
-
-        worker.whole_frame_fetch_size = lambda frame: None
-
-
 def predictor(checkpoint: Path) -> TimedPredictor:
     """Factory for SAM2_REFINE_PREDICTOR."""
     CLOCK.mark("model_start")
     with CLOCK.timed("model"):
-        if os.environ.get("BENCH_PREDICTOR") == "proposed":
-            from benchmarks.proposed import FastSam2Predictor as Predictor
+        if os.environ.get("BENCH_MODEL") == "none":
+            inner = CellsOnly()
         else:
-            from sam2_refine.model import Sam2Predictor as Predictor
-        inner = Predictor(Path(checkpoint))
+            from sam2_refine.model import Sam2Predictor
+
+            inner = Sam2Predictor(Path(checkpoint), precision=os.environ.get("BENCH_PRECISION") or None)
     CLOCK.mark("model_ready")
-    batch = os.environ.get("BENCH_DECODE_BATCH")
-    timed = TimedPredictor(inner, cells_from_environment(), int(batch) if batch else None, autocast_from_environment())
+    timed = TimedPredictor(inner, cells_from_environment())
     _instrument_worker(timed)
-    _simulate_outside_changes()
+    _write_before_fast_exit()
+    print(f"benchmark predictor: {timed.device_description}", file=sys.stderr, flush=True)
     return timed

@@ -104,15 +104,22 @@ def place_cells(size: int, count: int, rng: np.random.Generator) -> Cells:
 
 
 def draw(cells: Cells, size: int, rng: np.random.Generator) -> np.ndarray:
-    image = rng.normal(BACKGROUND, NOISE, (size, size)).astype(np.float32)
+    """Noisy background with bright cells, drawn in strips of rows so that a 32768² frame
+    needs its 2 GB of uint16 and little more."""
+    image = np.empty((size, size), np.uint16)
+    strip = max(1, 2**24 // size)
+    for row in range(0, size, strip):
+        rows = min(strip, size - row)
+        image[row:row + rows] = np.clip(rng.normal(BACKGROUND, NOISE, (rows, size)), 0, 65535)
     for index in range(len(cells)):
         col0, row0, col1, row1 = cells.bounds(index)
         col0, row0, col1, row1 = max(col0 - 2, 0), max(row0 - 2, 0), min(col1 + 2, size), min(row1 + 2, size)
         cols = np.arange(col0, col1) + 0.5
         rows = np.arange(row0, row1) + 0.5
         edge = np.clip(cells.signed(index, cols[None, :], rows[:, None]) / 1.5 + 0.5, 0.0, 1.0)
-        image[row0:row1, col0:col1] += edge * rng.uniform(2000, 3500)
-    return np.clip(image, 0, 65535).astype(np.uint16)
+        patch = image[row0:row1, col0:col1] + edge * rng.uniform(2000, 3500)
+        image[row0:row1, col0:col1] = np.clip(patch, 0, 65535)
+    return image
 
 
 def rough_outline(cells: Cells, index: int, rng: np.random.Generator) -> list[dict]:

@@ -172,7 +172,8 @@ def _model_settings(config: str | Path):
     import sam2  # noqa: F401  (registers the packaged configs with hydra)
 
     if isinstance(config, str):
-        settings = compose(config_name=config, overrides=[f"++{key}={str(value).lower()}" for key, value in POSTPROCESSING.items()])
+        overrides = [f"++{key}={str(value).lower()}" for key, value in POSTPROCESSING.items()]
+        settings = compose(config_name=config, overrides=overrides)
     else:
         settings = OmegaConf.load(config)
         for key, value in POSTPROCESSING.items():
@@ -184,8 +185,10 @@ def _model_settings(config: str | Path):
 def _meta_construction():
     """A torch function mode for building a model on the meta device.
 
-    - Initialisers do nothing: the checkpoint replaces every parameter (and `normal_` on
-      meta tensors would import torch._dynamo, a second of start-up).
+    - Initialisers and in-place arithmetic on meta tensors do nothing, and a scalar times a
+      meta tensor is a new meta tensor: the checkpoint replaces every parameter, and these
+      ops on meta tensors would run torch's Python references, which import torch._dynamo
+      (a second of start-up).
     - `arange` and `linspace` run on the CPU: sam2 reads drop-path rates from them with
       `.item()` and builds its rotary encodings, which no checkpoint holds, from them.
     - Meta tensors are not moved to another device (sam2 moves some to CUDA while building).
