@@ -298,8 +298,8 @@ class Sam2Predictor:
 
         choice = choose_device(device)
         self.device = choice.kind
-        if self.device == "cpu":
-            torch.set_num_threads(choice.threads)
+        self.threads = choice.threads
+        self._use_threads()
         if self.device == "cuda" and torch.cuda.get_device_properties(0).major >= 8:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -322,6 +322,14 @@ class Sam2Predictor:
         self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 1)
         # On CUDA the whole upscaling of a batch costs less than a loop over boxes.
         self.crop_upscaling = self.device != "cuda"
+
+    def _use_threads(self) -> None:
+        """torch's CPU thread count is per calling thread (OpenMP), and the predictor may
+        be built in one thread and used in another: set it in each that computes."""
+        import torch
+
+        if self.device == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _precision_words(self) -> str:
         if self.precision == "fp32":
@@ -346,6 +354,7 @@ class Sam2Predictor:
         import torch
         import torch.nn.functional as F
 
+        self._use_threads()
         model = self.model
         side = model.image_size
         with torch.inference_mode(), self._autocast("encode"):
@@ -372,6 +381,7 @@ class Sam2Predictor:
         elsewhere; SAM2's predicted IoU of that mask and its object-presence logit."""
         import torch
 
+        self._use_threads()
         model = self.model
         decoder = model.sam_mask_decoder
         count = len(boxes)

@@ -140,3 +140,27 @@ def test_truncated_checkpoint_names_the_file(tiny_checkpoint_dir, tmp_path):
     with pytest.raises(WorkerError) as caught:
         Sam2Predictor(truncated, device="cpu")
     assert TINY in caught.value.message
+
+
+def test_the_cpu_thread_count_applies_where_the_predictor_computes(tiny_checkpoint_dir, monkeypatch):
+    """torch's thread count is per thread: a predictor built in a background thread (as the
+    worker builds it) must still use the container's CPU count in the thread that encodes."""
+    import threading
+
+    import torch
+
+    from sam2_refine import device
+
+    monkeypatch.setattr(device, "usable_cpu_count", lambda *args, **kwargs: 1)
+    built = []
+    builder = threading.Thread(target=lambda: built.append(Sam2Predictor(tiny_checkpoint_dir / TINY, device="cpu")))
+    builder.start()
+    builder.join()
+    before = torch.get_num_threads()
+    if before == 1:
+        pytest.skip("this machine has one CPU: nothing to tell apart")
+    try:
+        built[0].encode(np.zeros((64, 64, 3), np.float32), Window(0, 0, 64, 64))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
