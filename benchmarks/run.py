@@ -7,7 +7,8 @@ Each case is a fresh dataset in an in-process NimbusServer holding synthetic fra
 (benchmarks/workload.py) with rough outlines tagged "rough". Each implementation runs as
 a subprocess, timed from process start to exit: our `entrypoint.py --request compute` in
 both Resolution modes, and benchmarks/existing.py. Stage times come from
-benchmarks/probe.py inside each process; peak RSS from os.wait4 of that process.
+benchmarks/probe.py inside each process; peak RSS is the worker's ru_maxrss, taken by a small
+launcher process (LAUNCHER) whose only child it is.
 Random-init weights give noise masks, so both implementations replace the decoder's
 logits with the true cells' (after running the real decoder): see probe.py.
 
@@ -21,6 +22,7 @@ Groups of cases (all of them by default; `--only` picks by name):
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -138,6 +140,19 @@ class Finished:
     started: float
 
 
+# Runs the worker as its own child and writes its wall time and peak RSS to argv[1]. The
+# peak must not be taken from the benchmark process's own child: Python starts children
+# with vfork, and Linux then counts the parent's peak RSS (here gigabytes of frames held by
+# the embedded server) in the child's ru_maxrss. This launcher is a small parent.
+LAUNCHER = (
+    "import json, resource, subprocess, sys, time; started = time.time(); clock = time.perf_counter(); "
+    "code = subprocess.run(sys.argv[2:]).returncode; seconds = time.perf_counter() - clock; "
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+    "open(sys.argv[1], 'w').write(json.dumps({'started': started, 'seconds': seconds, 'peak_kib': peak})); "
+    "sys.exit(code)"
+)
+
+
 def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -149,29 +164,41 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_process(command: list[str], env: dict, stderr_path: Path, timeout: float = TIMEOUT) -> Finished:
-    """Run to exit; wall seconds, peak RSS of this child (os.wait4), stdout lines with
-    their arrival times and the child's RSS when each arrived."""
+def child_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            found = children.read().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
+
+
+def run_process(command: list[str], env: dict, scratch: Path, name: str, timeout: float = TIMEOUT) -> Finished:
+    """Run to exit through LAUNCHER: the worker's wall seconds and peak RSS, its stdout
+    lines with their arrival times and the worker's RSS when each arrived."""
     lines: list[tuple[float, str, float]] = []
-    with open(stderr_path, "w") as stderr:
-        started = time.time()
-        clock = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=REPO)
+    measured = scratch / f"{name}.measured.json"
+    measured.unlink(missing_ok=True)
+    with open(scratch / f"{name}.stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(measured), *command], stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True, env=env, cwd=REPO)
         killer = threading.Timer(timeout, process.kill)
         killer.start()
 
         def read() -> None:
+            worker = None
             for line in process.stdout:
-                lines.append((time.time(), line, rss_mb(process.pid)))
+                worker = worker or child_pid(process.pid)
+                lines.append((time.time(), line, rss_mb(worker) if worker else 0.0))
 
         reader = threading.Thread(target=read)
         reader.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - clock
+        process.wait()
         killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
         reader.join()
-    return Finished(process.returncode, seconds, usage.ru_maxrss / 1024, lines, started)
+    result = json.loads(measured.read_text()) if measured.is_file() else {"started": 0, "seconds": float("nan"),
+                                                                        "peak_kib": float("nan")}
+    return Finished(process.returncode, result["seconds"], result["peak_kib"] / 1024, lines, result["started"])
 
 
 def stages_of(finished: Finished, timings: dict) -> dict[str, float]:
@@ -256,8 +283,9 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
         env["BENCH_MODEL"] = "none"
     if model_masks:  # the random-init model's own (noise) masks
         del env["BENCH_CELLS"]
-    stderr_path = scratch / f"{implementation.replace(' ', '_')}.stderr"
-    finished = run_process(command, env, stderr_path)
+    name = implementation.replace(" ", "_")
+    stderr_path = scratch / f"{name}.stderr"
+    finished = run_process(command, env, scratch, name)
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     created = sum(1 for a in server.annotations(dataset_id) if "refined" in a.get("tags", []))
     note = ""
@@ -436,6 +464,7 @@ def main() -> int:
                 results.append(median_run(runs[implementation]))
             server.__exit__(None, None, None)
             del workload, server
+            gc.collect()  # the next case's frames should not sit on top of this one's
     print(f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
           f"load average (1 min) {os.getloadavg()[0]:.2f}")
     print()
