@@ -4,15 +4,17 @@
 
 In-process, on the benchmark frame of `--size`² × `--count` (benchmarks/workload.py), with
 the Auto windows the worker would encode (sam2_refine/tiling.py), tiny, random-init
-weights. Two predictors with the same weights, one fp32 and one as the worker runs on a
-CPU with native bf16 (the image encoder under bf16 autocast, the mask decoder in fp32),
-encode the same windows and decode every object over its search area.
+weights. Three predictors with the same weights encode the same windows and decode every
+object over its search area: `fp32`; `bf16 encoder`, as the worker runs on a CPU with
+native bf16 (the image encoder under bf16 autocast, the mask decoder in fp32); and
+`bf16 both`, the decoder under bf16 autocast too (what CUDA runs).
 
 Speed: median seconds per encode (1024² model input) and ms per decoded box, and the
 decode time per box at batch sizes 1, 4 and 8.
 
-Agreement, per object, over its search area resized to image pixels as the engine does:
-- IoU of the thresholded masks (logits > 0), bf16 against fp32;
+Agreement with fp32, per object, over its search area resized to image pixels as the
+engine does:
+- IoU of the thresholded masks (logits > 0);
 - outline displacement: at each vertex of the fp32 outline (the zero crossing of the
   fp32 logits, marching squares), |bf16 logit| / |gradient of the bf16 logits| is the
   first-order distance in image pixels to the bf16 outline; reported as the share of
@@ -74,6 +76,19 @@ def displacement(fp32: np.ndarray, bf16: np.ndarray) -> np.ndarray:
     return np.abs(value) / np.maximum(slope, 1e-6)
 
 
+def bf16_everywhere(checkpoint: Path):
+    """A Sam2Predictor whose mask decoder also runs under CPU bf16 autocast."""
+    import torch
+
+    from sam2_refine.model import Sam2Predictor
+
+    class Bf16Both(Sam2Predictor):
+        def _autocast(self, stage: str):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    return Bf16Both(checkpoint, device="cpu", precision="bf16")
+
+
 def median_of(times: list[float]) -> str:
     return f"{statistics.median(times):.3g} (min {min(times):.3g}, max {max(times):.3g}, n={len(times)})"
 
@@ -101,7 +116,9 @@ def main() -> int:
     image = frame_image(workload.image)
     boxes = [prompt_box(outline, args.size, args.size) for outline in workload.outlines]
     windows = auto_windows(boxes, args.size, args.size)[:args.windows]
-    predictors = {name: Sam2Predictor(CHECKPOINT, device="cpu", precision=name) for name in ("fp32", "bf16")}
+    predictors = {"fp32": Sam2Predictor(CHECKPOINT, device="cpu", precision="fp32"),
+                  "bf16 encoder": Sam2Predictor(CHECKPOINT, device="cpu", precision="bf16"),
+                  "bf16 both": bf16_everywhere(CHECKPOINT)}
 
     # Speed: alternate the two on the first window.
     window, members = windows[0]
@@ -128,33 +145,34 @@ def main() -> int:
         for batch in (1, 4, 8):
             print(f"{name}: decode ms per box at batch {batch}: {median_of(decode_ms[(name, batch)])}")
 
-    # Agreement over every object of the chosen windows.
-    ious, moved_vertices, objects_moved, vertices = [], 0, 0, 0
+    # Agreement with fp32 over every object of the chosen windows.
+    logits: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     for window, members in windows:
         crop = np.ascontiguousarray(image[window.top:window.top + window.height, window.left:window.left + window.width])
-        logits = {}
         for name, predictor in predictors.items():
             predictor.encode(crop, window)
-            logits[name] = []
             for i in members:
                 col0, row0, col1, row1 = search_area(boxes[i], args.size, args.size)
                 region = (col0 - window.left, row0 - window.top, col1 - window.left, row1 - window.top)
                 low_res = predictor.decode(window_pixels(boxes[i], window), np.array([region])).logits[0]
                 logits[name].append(resize_region(low_res, window.height, window.width, region))
-        for fp32, bf16 in zip(logits["fp32"], logits["bf16"]):
-            a, b = fp32 > 0, bf16 > 0
+    print(f"\nagreement with fp32 over {len(logits['fp32'])} objects in {len(windows)} windows, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for name in [n for n in predictors if n != "fp32"]:
+        ious, moved_vertices, objects_moved, vertices = [], 0, 0, 0
+        for fp32, other in zip(logits["fp32"], logits[name]):
+            a, b = fp32 > 0, other > 0
             union = np.logical_or(a, b).sum()
             ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
-            moved = displacement(fp32, bf16)
+            moved = displacement(fp32, other)
             vertices += len(moved)
             moved_vertices += int((moved > MOVED).sum())
             objects_moved += int((moved > MOVED).any())
-    ious = np.array(ious)
-    print(f"\nagreement over {len(ious)} objects in {len(windows)} windows, load average {os.getloadavg()[0]:.2f}")
-    print(f"mask IoU bf16 vs fp32: median {np.median(ious):.4f}, 5th percentile {np.percentile(ious, 5):.4f}, "
-          f"min {ious.min():.4f}, share >= 0.99 {np.mean(ious >= 0.99):.2f}")
-    print(f"outline moved > {MOVED} px: {moved_vertices} of {vertices} outline vertices "
-          f"({moved_vertices / max(vertices, 1):.2%}); objects with any such vertex: {objects_moved} of {len(ious)}")
+        ious = np.array(ious)
+        print(f"{name}: mask IoU median {np.median(ious):.4f}, 5th percentile {np.percentile(ious, 5):.4f}, "
+              f"min {ious.min():.4f}, share >= 0.99 {np.mean(ious >= 0.99):.2f}; outline moved > {MOVED} px at "
+              f"{moved_vertices} of {vertices} outline vertices ({moved_vertices / max(vertices, 1):.2%}), "
+              f"in {objects_moved} of {len(ious)} objects")
     return 0
 
 
