@@ -9,8 +9,9 @@ object over its search area: `fp32`; `bf16 encoder`, as the worker runs on a CPU
 native bf16 (the image encoder under bf16 autocast, the mask decoder in fp32); and
 `bf16 both`, the decoder under bf16 autocast too (what CUDA runs).
 
-Speed: median seconds per encode (1024² model input) and ms per decoded box, and the
-decode time per box at batch sizes 1, 4 and 8.
+Speed: median seconds per encode (1024² model input) and ms per decoded box at batch sizes
+1, 4 and 8; and, for comparison, sam2's unmodified mask decoder (MaskDecoder.forward over
+the whole 256² grid, fp32) on the same boxes.
 
 Agreement with fp32, per object, over its search area resized to image pixels as the
 engine does:
@@ -89,6 +90,23 @@ def bf16_everywhere(checkpoint: Path):
     return Bf16Both(checkpoint, device="cpu", precision="bf16")
 
 
+def unmodified_decode(predictor, boxes: np.ndarray) -> None:
+    """sam2's MaskDecoder.forward for these boxes, as SAM2ImagePredictor calls it."""
+    import torch
+
+    model = predictor.model
+    height, width = predictor._window_hw
+    with torch.inference_mode():
+        corners = torch.as_tensor(boxes, dtype=torch.float).reshape(-1, 2, 2)
+        corners = corners / torch.tensor([width, height], dtype=torch.float) * model.image_size
+        labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(len(boxes), 1)
+        sparse, dense = model.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
+        model.sam_mask_decoder(image_embeddings=predictor._image_embed, image_pe=predictor._dense_pe,
+                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                               multimask_output=False, repeat_image=len(boxes) > 1,
+                               high_res_features=predictor._high_res)
+
+
 def median_of(times: list[float]) -> str:
     return f"{statistics.median(times):.3g} (min {min(times):.3g}, max {max(times):.3g}, n={len(times)})"
 
@@ -139,11 +157,22 @@ def main() -> int:
                 for first in range(0, 8, batch):
                     predictor.decode(prompts[first:first + batch], areas[first:first + batch])
                 decode_ms[(name, batch)].append(1000 * (time.perf_counter() - start) / 8)
+    unmodified_ms = {1: [], 4: []}
+    fp32 = predictors["fp32"]
+    fp32.encode(crop, window)
+    for _ in range(args.repeat):
+        for batch in unmodified_ms:
+            start = time.perf_counter()
+            for first in range(0, 8, batch):
+                unmodified_decode(fp32, prompts[first:first + batch])
+            unmodified_ms[batch].append(1000 * (time.perf_counter() - start) / 8)
     print(f"\nthreads {torch.get_num_threads()}, load average before agreement {os.getloadavg()[0]:.2f}")
     for name in predictors:
         print(f"{name}: encode s {median_of(encode_s[name])}")
         for batch in (1, 4, 8):
             print(f"{name}: decode ms per box at batch {batch}: {median_of(decode_ms[(name, batch)])}")
+    for batch, times in unmodified_ms.items():
+        print(f"sam2's unmodified decoder, fp32: ms per box at batch {batch}: {median_of(times)}")
 
     # Agreement with fp32 over every object of the chosen windows.
     logits: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
