@@ -300,7 +300,8 @@ class Sam2Predictor:
         self.device = choice.kind
         self.threads = choice.threads
         self._use_threads()
-        if self.device == "cuda" and torch.cuda.get_device_properties(0).major >= 8:
+        self.tf32 = self.device == "cuda" and torch.cuda.get_device_properties(0).major >= 8
+        if self.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.precision = precision or choose_precision(self.device)
@@ -320,7 +321,8 @@ class Sam2Predictor:
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 1)
-        # On CUDA the whole upscaling of a batch costs less than a loop over boxes.
+        # On CUDA the batch is upscaled over the whole grid at once instead of box by box
+        # over each area (same logits there; which is faster on a GPU is unmeasured).
         self.crop_upscaling = self.device != "cuda"
 
     def _use_threads(self) -> None:
@@ -336,7 +338,7 @@ class Sam2Predictor:
             return "fp32"
         if self.device == "cpu":
             return f"image encoder in bf16 autocast ({', '.join(native_bf16_flags()) or 'emulated'}), mask decoder in fp32"
-        return "bf16 autocast" + (", TF32" if self.device == "cuda" else "")
+        return "bf16 autocast" + (", TF32" if self.tf32 else "")
 
     def _autocast(self, stage: str):
         """bf16 autocast for `stage` ("encode" or "decode") where it is chosen. On the CPU
