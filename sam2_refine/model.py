@@ -36,8 +36,9 @@ OFFICIAL_CONFIGS = {
 # SAM2 resizes every input to this square side, in pixels.
 MODEL_INPUT_SIDE = 1024
 
-# Boxes decoded per call, by device type. On CPU 4 is a little faster per box than 1 or 8
-# (benchmarks/RESULTS.md, `benchmarks/precision.py`); GPU sizes are unmeasured (no GPU lent).
+# Boxes decoded per call, by device type. On CPU 1 and 4 are within noise of each other
+# per box and 8 is slower (benchmarks/RESULTS.md, `benchmarks/precision.py`); GPU sizes
+# are unmeasured (no GPU lent).
 DECODE_BATCH_SIZE = {"cpu": 4, "mps": 16, "cuda": 64}
 
 
