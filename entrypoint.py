@@ -6,11 +6,10 @@
 Exit status: 0 done (skipped objects are warnings), 1 the job failed, 2 invalid input.
 Errors go to stdout as the platform's JSON error line; tracebacks go to stderr.
 
-For `compute`, torch, sam2 and the predictor load in a background thread from the job's
-first progress message on (the worker sends it once the parameters are accepted, so a
-refused job never loads torch) while the job reads its annotations, and the process ends
-with os._exit once its last message is flushed: tearing down torch's modules takes about
-a second and there is nothing left to save.
+For `compute`, torch, sam2 and the predictor load in a background thread as soon as the
+worker has accepted the parameters (so a refused job never loads torch) while the job
+reads its annotations, and the process ends with os._exit once its last message is
+flushed: tearing down torch's modules takes about a second and there is nothing left to save.
 """
 
 from __future__ import annotations
@@ -89,32 +88,11 @@ _preload: Preload | None = None
 _request: str | None = None  # the parsed --request, for the way the process exits
 
 
-def start_preload(parameters: dict) -> None:
-    """Start building the predictor of the job's Model if that checkpoint is installed."""
+def start_preload(checkpoint: Path) -> None:
+    """Start building the predictor for `checkpoint` in the background; the worker calls
+    this once the parameters are accepted, so a refused job never loads torch."""
     global _preload
-    from sam2_refine.interface import checkpoint_dir
-
-    values = parameters.get("workerInterface")
-    model = values.get("Model") if isinstance(values, dict) else None
-    if not isinstance(model, str) or Path(model).name != model or not model.endswith(".pt"):
-        return
-    checkpoint = checkpoint_dir() / model
-    if checkpoint.is_file():
-        _preload = Preload(checkpoint)
-
-
-class PreloadingReporter(Reporter):
-    """The job's Reporter; its first progress message starts `start` (once)."""
-
-    def __init__(self, context, redact: Redactor, start) -> None:
-        super().__init__(context, redact)
-        self._start = start
-
-    def progress(self, fraction: float, info: str = "", force: bool = False) -> None:
-        start, self._start = self._start, None
-        if start is not None:
-            start()
-        super().progress(fraction, info, force)
+    _preload = Preload(Path(checkpoint))
 
 
 def _load_predictor(checkpoint: Path):
@@ -130,7 +108,7 @@ def run(args: argparse.Namespace, parameters: dict, reporter: Reporter, platform
     if args.request == "interface":
         worker.run_interface(platform, str(parameters.get("image") or ""), reporter)
     elif args.request == "compute":
-        worker.run_compute(platform, parameters, args.datasetId, reporter, _load_predictor)
+        worker.run_compute(platform, parameters, args.datasetId, reporter, _load_predictor, start_preload)
     else:
         reporter.log(f"request {args.request!r} is not handled by this worker; nothing to do")
 
@@ -153,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from sam2_refine.nimbus import Platform
 
     platform = Platform(args.apiUrl, args.token, args.datasetId, parameters)
-    if args.request == "compute":
-        reporter = PreloadingReporter(platform.context, redact, lambda: start_preload(parameters))
-    else:
-        reporter = Reporter(platform.context, redact)
+    reporter = Reporter(platform.context, redact)
     try:
         run(args, parameters, reporter, platform)
         return 0

@@ -229,11 +229,17 @@ def run_compute(
     dataset_id: str | None,
     reporter: Reporter,
     load_predictor: Callable[[Path], MaskPredictor],
+    prepare_predictor: Callable[[Path], None] | None = None,
 ) -> None:
+    """Refine the job's originals. `prepare_predictor`, if given, is told the checkpoint as
+    soon as the parameters are accepted, so the model can load while annotations are read;
+    `load_predictor` then returns the predictor."""
     models = ui.available_checkpoints()
     params: RefineParameters = parse_parameters(raw_parameters, dataset_id, models, ui.checkpoint_dir())
     frame = platform.frame_geometry()
     locations = resolve_locations(params, frame.sizes)
+    if prepare_predictor is not None:
+        prepare_predictor(params.checkpoint_path)
     key = run_key(params)
     reporter.progress(0.0, "Reading annotations", force=True)
     by_location = select_originals(platform.polygons(params.refine_tags), params.refine_tags, locations, key)
