@@ -132,13 +132,21 @@ class ImageData:
         rows, cols = self._bounds(query)
         if rows.stop <= rows.start or cols.stop <= cols.start:
             raise _bad("Region has no area.")
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        out_h, out_w = _output_size(height, width, _optional_int(query, "width"), _optional_int(query, "height"))
+        factor = _level_factor(height, width, out_h, out_w)
+
+        def read(band_frame: int) -> np.ndarray:
+            """The region's raw pixels at the pyramid level large_image would read."""
+            data = self.planes[band_frame, rows, cols]
+            if factor == 1:
+                return data
+            return _box_resize(data[..., np.newaxis], -(-height // factor), -(-width // factor))[..., 0]
+
         if "style" in query:
-            data = self._styled(_parse_style(query["style"]), frame, rows, cols)
+            data = self._styled(_parse_style(query["style"]), frame, read)
         else:
-            data = self.planes[frame, rows, cols][..., np.newaxis]
-        out_h, out_w = _output_size(
-            data.shape[0], data.shape[1], _optional_int(query, "width"), _optional_int(query, "height")
-        )
+            data = read(frame)[..., np.newaxis]
         if (out_h, out_w) != data.shape[:2]:
             data = _box_resize(data, out_h, out_w)
         return _encode(np.ascontiguousarray(data), query.get("encoding", "JPEG"))
@@ -155,13 +163,13 @@ class ImageData:
         bottom = _optional_float(query, "bottom", 1.0 if units == "fraction" else self.height) * scale_y
         return _span(top, bottom, self.height), _span(left, right, self.width)
 
-    def _styled(self, bands: list[dict], frame: int, rows: slice, cols: slice) -> np.ndarray:
-        """Each band windowed to min..max through its palette; the bands
-        composited with "lighten". Returns 8-bit RGBA."""
+    def _styled(self, bands: list[dict], frame: int, read) -> np.ndarray:
+        """Each band (its pixels from `read(frame)`) windowed to min..max through its
+        palette; the bands composited with "lighten". Returns 8-bit RGBA."""
         rgb = None
         for band in bands:
             band_frame = self._frame(band.get("frame", frame))
-            data = self.planes[band_frame, rows, cols].astype(np.float64)
+            data = read(band_frame).astype(np.float64)
             full = self.planes[band_frame]
             low = _style_bound(band.get("min", "min"), full, "min")
             high = _style_bound(band.get("max", "max"), full, "max")
@@ -244,6 +252,13 @@ def _output_size(height: int, width: int, max_w: int | None, max_h: int | None) 
     if max_h >= height:
         return height, width
     return max_h, max(1, width * max_h // height)
+
+
+def _level_factor(height: int, width: int, out_h: int, out_w: int) -> int:
+    """The downsampling of the pyramid level large_image reads a region from: the largest
+    power of two that keeps the level at least as fine as the requested output."""
+    ratio = min(height / out_h, width / out_w)
+    return 2 ** int(math.floor(math.log2(ratio))) if ratio >= 2 else 1
 
 
 def _box_resize(data: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

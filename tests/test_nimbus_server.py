@@ -172,9 +172,11 @@ def test_styled_downsampled_composite(server, client):
     ds = client.dataset(server.add_dataset(frames, layers=[{"channel": 0, "color": "#00FF00"}]))
     composite = ds.images.get_composite(max_size=8, dtype="float64")
 
+    # As large_image does: the raw pixels of the pyramid level at 1/2 (2 x 2 means, in the
+    # frame's dtype), styled with the frame's own min..max.
     plane = frames[0, 0, 0, 0].astype(np.float64)
-    styled = np.round((plane - plane.min()) / (plane.max() - plane.min()) * 255)
-    expected = np.round(styled.reshape(4, 2, 8, 2).mean(axis=(1, 3))) / 255
+    level = np.round(plane.reshape(4, 2, 8, 2).mean(axis=(1, 3)))
+    expected = np.round((level - plane.min()) / (plane.max() - plane.min()) * 255) / 255
     assert composite.shape == (4, 8, 3)
     np.testing.assert_allclose(composite[..., 1], expected, atol=1e-9)
     assert not composite[..., 0].any() and not composite[..., 2].any()
