@@ -128,26 +128,22 @@ def parse_model(raw: Any, available: list[str]) -> str:
     return str(raw)
 
 
-def parse_resolution(raw: Any) -> str:
-    # Configurations saved before the field existed send nothing: that means Auto.
+def parse_choice(field: str, raw: Any, choices: tuple[str, ...], default: str) -> str:
+    """A select field with a fixed list. Configurations saved before the field existed, or
+    with it cleared, send nothing: that means `default`."""
     if raw is None or raw == "":
-        return ui.RESOLUTION_AUTO
-    if raw not in ui.RESOLUTION_CHOICES:
-        raise ParameterError(
-            ui.RESOLUTION, f"{raw!r} is not a choice", f"Select one of: {', '.join(ui.RESOLUTION_CHOICES)}."
-        )
+        return default
+    if raw not in choices:
+        raise ParameterError(field, f"{raw!r} is not a choice", f"Select one of: {', '.join(choices)}.")
     return str(raw)
+
+
+def parse_resolution(raw: Any) -> str:
+    return parse_choice(ui.RESOLUTION, raw, ui.RESOLUTION_CHOICES, ui.RESOLUTION_AUTO)
 
 
 def parse_doubtful(raw: Any) -> str:
-    # Configurations saved before the field existed send nothing: tag for review.
-    if raw is None or raw == "":
-        return ui.DOUBTFUL_TAG
-    if raw not in ui.DOUBTFUL_CHOICES:
-        raise ParameterError(
-            ui.DOUBTFUL, f"{raw!r} is not a choice", f"Select one of: {', '.join(ui.DOUBTFUL_CHOICES)}."
-        )
-    return str(raw)
+    return parse_choice(ui.DOUBTFUL, raw, ui.DOUBTFUL_CHOICES, ui.DOUBTFUL_TAG)
 
 
 # At most 18 digits: no dataset comes near that, and int() refuses texts of 4300+ digits.
