@@ -8,9 +8,10 @@ an object's outline is only as fine as the low-resolution pixels that cover it.
 (image pixels) may sit in a window of side at most 16·L, so that its box spans at least
 16 low-resolution pixels (256·L / side >= 16); sides come from a ladder 64·√2^k so that
 similar objects share a size, and never drop below 64 pixels. Windows are placed
-greedily from the top-left object down: a new window starts at an unplaced object's
-box (less its margin) and takes in every unplaced object whose box plus margin fits
-inside it and whose own limit allows that side. An object too large for that limit
+greedily from the top-left object down: a new window starts at the row of the top-most
+unplaced object's box (less its margin), slides sideways to the position that holds that
+object and the most other unplaced objects, and takes in every unplaced object whose box
+plus margin fits inside it and whose own limit allows that side. An object too large for that limit
 gets a window just big enough for it, which SAM2 then downscales. A frame narrower than
 a window's side limits the window to the frame along that axis; SAM2 stretches such a
 non-square window to its square input, which only adds detail along the short side.
@@ -102,6 +103,31 @@ def whole_frame(boxes: list[Box], width: int, height: int) -> list[tuple[Window,
     return [(Window(0, 0, width, height), list(range(len(boxes))))] if boxes else []
 
 
+def _best_left(
+    first: int, unplaced: list[int], areas: list[tuple[int, int, int, int]], limits: list[int],
+    side: int, top: int, bottom: int, width: int,
+) -> int:
+    """The left edge (image column) of a window of `side` over rows [top, bottom) that holds
+    `first`'s area and as many other unplaced areas (whose limits allow `side`) as
+    possible; among equals, the one nearest `first`'s own left edge."""
+    col0, _, col1, _ = areas[first]
+    lowest, highest = max(0, col1 - side), min(col0, max(0, width - side))
+    if highest <= lowest:
+        return col0
+    eligible = [
+        areas[i] for i in unplaced
+        if i != first and limits[i] >= side and top <= areas[i][1] and areas[i][3] <= bottom
+        and areas[i][2] - areas[i][0] <= side
+    ]
+    candidates = {min(col0, highest)} | {a[0] for a in eligible} | {a[2] - side for a in eligible}
+    candidates = sorted(c for c in candidates if lowest <= c <= highest)
+
+    def held(left: int) -> int:
+        return sum(1 for a in eligible if left <= a[0] and a[2] <= left + side)
+
+    return max(candidates, key=lambda left: (held(left), -abs(left - col0)))
+
+
 def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
     """Windows of the largest allowed side covering every box with its margin, each
     listed with the boxes it holds (the placement rule in the module's docstring)."""
@@ -113,8 +139,9 @@ def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Wind
         first = unplaced[0]
         col0, row0, col1, row1 = areas[first]
         side = max(limits[first], col1 - col0, row1 - row0)
-        left, window_width = _place(col0, side, width)
         top, window_height = _place(row0, side, height)
+        left = _best_left(first, unplaced, areas, limits, side, top, top + window_height, width)
+        left, window_width = _place(left, side, width)
         window = Window(left, top, window_width, window_height)
         members = [
             i for i in unplaced

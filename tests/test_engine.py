@@ -187,6 +187,19 @@ def test_shrinking_windows_never_adds_encoder_runs():
         assert small.width <= large.width and small.height <= large.height
 
 
+def test_a_window_slides_left_to_take_in_the_neighbours_of_its_first_object():
+    # The top-most cell is the right-most of a row: a window anchored at its left edge
+    # would hold it alone and need a second encoder run for the others.
+    row = [tiling.Box(900, 100, 920, 120)] + [tiling.Box(x, 104, x + 20, 124) for x in (700, 780, 840)]
+    windows = tiling.auto_windows(row, 2048, 2048)
+    assert len(windows) == 1 and sorted(windows[0][1]) == [0, 1, 2, 3]
+    window = windows[0][0]
+    for b in row:  # every member with its search area inside, and spanning >= 16 mask pixels
+        col0, row0, col1, row1 = tiling.search_area(b, 2048, 2048)
+        assert window.left <= col0 and col1 <= window.left + window.width
+        assert b.longer_side * 256 / max(window.width, window.height) >= tiling.MIN_LOW_RES_SPAN
+
+
 @pytest.mark.parametrize(
     ("coordinates", "reason"),
     [
