@@ -43,12 +43,6 @@ class Reason(StrEnum):
     LOW_PREDICTED_IOU = "low SAM2 confidence"
     NO_OBJECT = "SAM2 sees no object"
 
-    @property
-    def is_skip(self) -> bool:
-        return self in SKIP_REASONS
-
-
-SKIP_REASONS = frozenset({Reason.DEGENERATE, Reason.OUTSIDE, Reason.EMPTY_MASK, Reason.VANISHED})
 
 # Kept for callers of the first release.
 DEGENERATE = Reason.DEGENERATE
@@ -79,18 +73,18 @@ class Outcome:
     object_score: float | None = None
 
 
-def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | str:
+def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason:
     """The original's bounding box clipped to the frame, or the reason it cannot prompt."""
     points = coordinates_to_points(coordinates)
     if len(points) < 3:
-        return DEGENERATE
+        return Reason.DEGENERATE
     x0, y0 = points.min(axis=0)
     x1, y1 = points.max(axis=0)
     if x1 <= x0 or y1 <= y0:
-        return DEGENERATE
+        return Reason.DEGENERATE
     clipped = Box(max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
     if clipped.x1 <= clipped.x0 or clipped.y1 <= clipped.y0:
-        return OUTSIDE
+        return Reason.OUTSIDE
     return clipped
 
 
@@ -119,13 +113,6 @@ def resize_region(
     col_lo, col_hi, col_weight = _source_positions(col0, col1, window_width, source_cols)
     rows = low_res[row_lo] * (1 - row_weight)[:, None] + low_res[row_hi] * row_weight[:, None]
     return rows[:, col_lo] * (1 - col_weight) + rows[:, col_hi] * col_weight
-
-
-def upsample_region(
-    low_res: np.ndarray, window_height: int, window_width: int, region: tuple[int, int, int, int]
-) -> np.ndarray:
-    """The object's mask over `region`: resized logits above SAM2's threshold, 0."""
-    return resize_region(low_res, window_height, window_width, region) > 0.0
 
 
 def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> list[tuple[Window, list[int]]]:
@@ -304,7 +291,7 @@ def refine_frame(
     box_owner: list[int] = []
     for index, coordinates in enumerate(originals):
         prompt = prompt_box(coordinates, width, height)
-        if isinstance(prompt, str):
+        if isinstance(prompt, Reason):
             outcomes[index] = Outcome(None, prompt)
         else:
             boxes.append(prompt)
@@ -331,4 +318,4 @@ def refine_frame(
                 outcomes[box_owner[member]] = _with_scores(outcome, decoded, k)
             done += len(batch)
             on_progress(done)
-    return [outcome if outcome is not None else Outcome(None, EMPTY_MASK) for outcome in outcomes]
+    return [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in outcomes]
