@@ -151,7 +151,11 @@ class TimedPredictor:
         if self._cells is None:
             return decoded
         with CLOCK.timed("substitute"):
-            logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height) for box in boxes])
+            if areas is None:
+                logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height) for box in boxes])
+            else:  # like the real predictor, only over the areas the engine reads
+                logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height, area)
+                                   for box, area in zip(boxes, areas)])
         return DecodedMasks(logits, decoded.predicted_iou, decoded.object_score)
 
 

@@ -17,6 +17,11 @@ Groups of cases (all of them by default; `--only` picks by name):
   scale      Auto at 4096², 16384² and 32768² with 150 cells: peak memory by frame size;
   timelapse  300 frames × 50 cells, 512² each, no model (the true cells' logits): time
              per frame and memory from the first frame to the last.
+  throughput the job's own work where the model is free (no model, the true cells'
+             logits): cost per extra object at 4096² (16 vs 4000 cells) in both modes,
+             Auto on 1 CPU against 2 (taskset), Auto at 2048² × 100 with 150 ms added to
+             every region read, and real random-init SAM2's noise masks against the same
+             run with the true cells' masks (Whole frame 4096² × 200).
 """
 
 from __future__ import annotations
@@ -60,12 +65,23 @@ class Case:
     implementations: tuple[str, ...] = (WHOLE, AUTO, EXISTING)
     frames: int = 1
     group: str = "speed"
+    cpus: int | None = None       # run under `taskset` on this many CPUs
+    region_delay: float = 0.0     # seconds the server adds to every region read
+    noise_masks: bool = False     # keep the random-init model's own masks
 
     @property
     def name(self) -> str:
         if self.frames > 1:
-            return f"{self.frames} frames × {self.count} cells, {self.size}², {self.model}"
-        return f"{self.size}² × {self.count} {self.model}"
+            name = f"{self.frames} frames × {self.count} cells, {self.size}², {self.model}"
+        else:
+            name = f"{self.size}² × {self.count} {self.model}"
+        if self.cpus:
+            name += f", {self.cpus} CPU"
+        if self.region_delay:
+            name += f", +{1000 * self.region_delay:.0f} ms per region read"
+        if self.noise_masks:
+            name += ", noise masks"
+        return name
 
 
 QUICK = [Case(1024, 100, "tiny")]
@@ -79,7 +95,14 @@ SPEED = [
 ]
 SCALE = [Case(size, 150, "tiny", (AUTO,), group="scale") for size in (4096, 16384, 32768)]
 TIMELAPSE = [Case(512, 50, NO_MODEL, (AUTO,), frames=300, group="timelapse")]
-DEFAULT = SPEED + SCALE + TIMELAPSE
+REGION_DELAY = 0.15
+THROUGHPUT = [
+    *(Case(4096, count, NO_MODEL, (WHOLE, AUTO), group="throughput") for count in (16, 4000)),
+    *(Case(4096, count, NO_MODEL, (AUTO,), group="throughput", cpus=1) for count in (16, 4000)),
+    *(Case(2048, 100, NO_MODEL, (AUTO,), group="throughput", region_delay=delay) for delay in (0.0, REGION_DELAY)),
+    *(Case(4096, 200, "tiny", (WHOLE,), group="throughput", noise_masks=noise) for noise in (False, True)),
+]
+DEFAULT = SPEED + SCALE + TIMELAPSE + THROUGHPUT
 
 
 @dataclass
@@ -96,6 +119,7 @@ class Result:
     scales: list[float] = field(default_factory=list)  # image pixels per mask pixel, per object
     frames: list[dict] = field(default_factory=list)   # time-lapse: per frame, seconds and RSS
     note: str = ""
+    region_reads: int = 0              # tiles/region requests the run made
     load: float = 0.0                  # 1-minute load average after the run
     all_totals: list[float] = field(default_factory=list)
 
@@ -281,11 +305,20 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
         env["BENCH_PRECISION"] = "fp32"
     if case.model == NO_MODEL:
         env["BENCH_MODEL"] = "none"
-    if model_masks:  # the random-init model's own (noise) masks
-        del env["BENCH_CELLS"]
+    if model_masks or case.noise_masks:  # the random-init model's own (noise) masks
+        env.pop("BENCH_CELLS", None)
+    if case.cpus:
+        command = ["taskset", "-c", ",".join(str(cpu) for cpu in range(case.cpus)), *command]
+    if case.region_delay:
+        server.inject_fault("GET", r"tiles/region$", delay=case.region_delay)
+    reads_before = sum(1 for entry in server.request_log() if entry[1].endswith("tiles/region"))
     name = implementation.replace(" ", "_")
     stderr_path = scratch / f"{name}.stderr"
-    finished = run_process(command, env, scratch, name)
+    try:
+        finished = run_process(command, env, scratch, name)
+    finally:
+        server.clear_faults()
+    region_reads = sum(1 for entry in server.request_log() if entry[1].endswith("tiles/region")) - reads_before
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     created = sum(1 for a in server.annotations(dataset_id) if "refined" in a.get("tags", []))
     note = ""
@@ -293,7 +326,8 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
         note = f"exit {finished.returncode}: {stderr_path.read_text()[-300:]!r}"
     return Result(case.name, implementation, case.count * case.frames, finished.returncode, finished.seconds,
                   finished.rss_mb, created, stages_of(finished, timings), timings.get("calls", {}),
-                  timings.get("values", {}).get("image_px_per_mask_px", []), frame_records(finished), note)
+                  timings.get("values", {}).get("image_px_per_mask_px", []), frame_records(finished), note,
+                  region_reads=region_reads)
 
 
 def median_run(runs: list[Result]) -> Result:
@@ -389,6 +423,43 @@ def target_lines(results: list[Result]) -> list[str]:
     return out
 
 
+def throughput_lines(results: list[Result]) -> list[str]:
+    """The issue-17 figures: cost per extra object, CPUs, hidden waiting, noise masks."""
+    by = {(r.case, r.implementation): r for r in results if r.returncode == 0}
+    out = []
+
+    def per_extra_object_ms(implementation: str, suffix: str = "") -> float | None:
+        few, many = by.get((f"4096² × 16 {NO_MODEL}{suffix}", implementation)), by.get(
+            (f"4096² × 4000 {NO_MODEL}{suffix}", implementation))
+        if few is None or many is None:
+            return None
+        return 1000 * (many.total - few.total) / (many.count - few.count)
+
+    for implementation, goal in ((WHOLE, 0.2), (AUTO, 0.8)):
+        cost = per_extra_object_ms(implementation)
+        if cost is not None:
+            out.append(f"{implementation}, free model, 4096²: {cost:.2f} ms per extra object (16 vs 4000 cells; "
+                       f"target <= {goal} ms): {'MET' if cost <= goal else 'MISSED'}")
+    two, one = per_extra_object_ms(AUTO), per_extra_object_ms(AUTO, ", 1 CPU")
+    if two is not None and one is not None:
+        out.append(f"{AUTO}, free model, 4096²: {one:.2f} ms per extra object on 1 CPU, {two:.2f} ms on 2: "
+                   f"{one / two:.2f}× (target >= 1.6×): {'MET' if one / two >= 1.6 else 'MISSED'}")
+    plain = by.get((f"2048² × 100 {NO_MODEL}", AUTO))
+    slow = by.get((f"2048² × 100 {NO_MODEL}, +{1000 * REGION_DELAY:.0f} ms per region read", AUTO))
+    if plain and slow and slow.region_reads:
+        waiting = slow.region_reads * REGION_DELAY
+        hidden = 1 - (slow.total - plain.total) / waiting
+        out.append(f"{AUTO}, free model, 2048² × 100, +{1000 * REGION_DELAY:.0f} ms per region read: "
+                   f"{slow.total - plain.total:+.2f} s for {slow.region_reads} reads ({waiting:.2f} s of waiting), "
+                   f"{100 * hidden:.0f} % hidden (target >= 65 %): {'MET' if hidden >= 0.65 else 'MISSED'}")
+    true, noise = by.get(("4096² × 200 tiny", WHOLE)), by.get(("4096² × 200 tiny, noise masks", WHOLE))
+    if true and noise:
+        ratio = noise.total / true.total
+        out.append(f"{WHOLE}, random-init tiny, 4096² × 200: noise masks {noise.total:.1f} s, true masks "
+                   f"{true.total:.1f} s: {ratio:.2f}× (target <= 1.5×): {'MET' if ratio <= 1.5 else 'MISSED'}")
+    return out
+
+
 def load_tiling(path: Path | None):
     """sam2_refine.tiling, or another version of it (e.g. `git show REV:sam2_refine/tiling.py`)."""
     if path is None:
@@ -473,7 +544,7 @@ def main() -> int:
     if args.repeat > 1:
         for r in results:
             print(f"- {r.case}, {r.implementation}: totals of the {args.repeat} runs {r.all_totals} s")
-    for line in timelapse_lines(results) + marginal_lines(results) + target_lines(results):
+    for line in timelapse_lines(results) + marginal_lines(results) + target_lines(results) + throughput_lines(results):
         print(f"- {line}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))

@@ -57,13 +57,27 @@ class Cells:
     def nearest(self, x: float, y: float) -> int:
         return int(np.argmin((self.cx - x) ** 2 + (self.cy - y) ** 2))
 
-    def low_res_logits(self, box: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
-        """(256, 256) logits over the window for a box given in window pixels."""
+    def low_res_logits(
+        self, box: np.ndarray, left: int, top: int, width: int, height: int, area: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(256, 256) logits over the window for a box given in window pixels; with `area`
+        (window pixels col0, row0, col1, row1), computed only over the low-resolution cells
+        that resizing reads there (one cell to spare), and -1e4 elsewhere, as the real
+        predictor's `decode` leaves what it was not asked for."""
         x0, y0, x1, y1 = (float(v) for v in box)
         index = self.nearest(left + (x0 + x1) / 2, top + (y0 + y1) / 2)
-        columns = left + (np.arange(LOW_RES) + 0.5) * (width / LOW_RES)
-        rows = top + (np.arange(LOW_RES) + 0.5) * (height / LOW_RES)
-        return self.signed(index, columns[None, :], rows[:, None])
+        col_span, row_span = slice(0, LOW_RES), slice(0, LOW_RES)
+        if area is not None:
+            col0, row0, col1, row1 = (int(v) for v in area)
+            col_span = _cells_read(col0, col1, width)
+            row_span = _cells_read(row0, row1, height)
+        columns = left + (np.arange(col_span.start, col_span.stop) + 0.5) * (width / LOW_RES)
+        rows = top + (np.arange(row_span.start, row_span.stop) + 0.5) * (height / LOW_RES)
+        if area is None:
+            return self.signed(index, columns[None, :], rows[:, None])
+        logits = np.full((LOW_RES, LOW_RES), -1.0e4, np.float32)
+        logits[row_span, col_span] = self.signed(index, columns[None, :], rows[:, None])
+        return logits
 
     def true_mask(self, index: int, frame_width: int, frame_height: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The cell's pixels (centres inside), cropped: (mask, (col0, row0))."""
@@ -73,6 +87,15 @@ class Cells:
         cols = np.arange(col0, col1) + 0.5
         rows = np.arange(row0, row1) + 0.5
         return self.signed(index, cols[None, :], rows[:, None]) > 0, (col0, row0)
+
+
+def _cells_read(start: int, stop: int, window_side: int) -> slice:
+    """Low-resolution cells that bilinear resizing to `window_side` reads for window pixels
+    [start, stop), with one to spare on each side."""
+    scale = LOW_RES / window_side
+    first = max(0, int(max((start + 0.5) * scale - 0.5, 0.0)) - 1)
+    last = min(LOW_RES, int(max((max(stop, start + 1) - 0.5) * scale - 0.5, 0.0)) + 3)
+    return slice(first, last)
 
 
 @dataclass(frozen=True)
