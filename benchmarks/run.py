@@ -311,14 +311,14 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
         command = ["taskset", "-c", ",".join(str(cpu) for cpu in range(case.cpus)), *command]
     if case.region_delay:
         server.inject_fault("GET", r"tiles/region$", delay=case.region_delay)
-    reads_before = sum(1 for entry in server.request_log() if entry[1].endswith("tiles/region"))
+    reads_before = sum(1 for entry in server.request_log if entry[1].endswith("tiles/region"))
     name = implementation.replace(" ", "_")
     stderr_path = scratch / f"{name}.stderr"
     try:
         finished = run_process(command, env, scratch, name)
     finally:
         server.clear_faults()
-    region_reads = sum(1 for entry in server.request_log() if entry[1].endswith("tiles/region")) - reads_before
+    region_reads = sum(1 for entry in server.request_log if entry[1].endswith("tiles/region")) - reads_before
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     created = sum(1 for a in server.annotations(dataset_id) if "refined" in a.get("tags", []))
     note = ""
