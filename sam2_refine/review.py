@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
 
-from .engine import Outcome, Reason
+from .outcome import Outcome, Reason
 from .geometry import coordinates_to_points
 
 
@@ -57,6 +57,7 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 # One reason per doubtful object in messages: the first of its reasons in this order.
 REASON_ORDER = (
+    Reason.TOO_COARSE,
     Reason.NO_OBJECT,
     Reason.SPILLS_OUTSIDE,
     Reason.MUCH_SMALLER,
@@ -70,6 +71,10 @@ ADVICE = {
     Reason.OUTSIDE: "Their outlines lie outside the image.",
     Reason.EMPTY_MASK: "SAM2 found nothing in their boxes; try another model or a looser outline.",
     Reason.VANISHED: "Their refined outlines disappeared after negative padding; reduce it.",
+    Reason.TOO_COARSE: (
+        "They span only a few of SAM2's mask pixels at this resolution (its masks are 256 x 256 "
+        "pixels over what it sees); use Resolution 'Auto', which looks closer at small objects."
+    ),
     Reason.SPILLS_OUTSIDE: "SAM2 probably took in neighbouring cells.",
     Reason.MUCH_SMALLER: "SAM2 probably kept only an inner part of the cell.",
     Reason.OVERLAPS_ANOTHER: "Two originals probably outline the same cell.",
@@ -110,6 +115,16 @@ def equivalent_diameter(outline: Polygon) -> float:
 def allowed_looseness(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
     """How far (pixels) a refined outline may reach past its rough original."""
     return LOOSENESS_PX + thresholds.looseness_share * equivalent_diameter(original)
+
+
+def allowed_zone(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Polygon:
+    """Where a refined outline may lie without spilling: the original grown by its looseness."""
+    return original.buffer(allowed_looseness(original, thresholds))
+
+
+def spills(refined: Polygon, zone: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """Whether more than the allowed share of `refined` lies outside `zone` (`allowed_zone`)."""
+    return refined.area > 0 and refined.difference(zone).area > thresholds.max_outside_share * refined.area
 
 
 def outside_share(refined: Polygon, original: Polygon, looseness: float) -> float:
@@ -165,6 +180,20 @@ def shape_doubts(refined: Polygon, original: Polygon | None, thresholds: Thresho
     if area_share(refined, original, thresholds) < thresholds.min_area_share:
         doubts.append(Reason.MUCH_SMALLER)
     return doubts
+
+
+def object_doubts(outcome: Outcome, original: Polygon | None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Reason]:
+    """Every doubt about one refinement on its own (the engine's, SAM2's scores, the shape
+    checks against its original), in the order found; none for a skip. Pure: this is what
+    the engine applies to each of SAM2's masks for an object to choose among them."""
+    found = list(outcome.doubts)
+    polygon = outcome.outline_found
+    if polygon is None:
+        return found
+    for reason in score_doubts(outcome, thresholds) + shape_doubts(polygon, original, thresholds):
+        if reason not in found:
+            found.append(reason)
+    return found
 
 
 def _agreement(refined: Polygon, original: Polygon | None) -> float:
@@ -234,15 +263,26 @@ def review_location(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[Outcome]:
     """The outcomes of one location with every doubt added (skips are left as they are).
-    `padding` is the user's Padding, which the outcomes' polygons include."""
-    refined = [unpadded(outcome.polygon, padding) for outcome in outcomes]
-    doubts: list[list[Reason]] = []
-    for original, outcome, polygon in zip(originals, outcomes, refined):
-        found = list(outcome.doubts)
-        if polygon is not None:
-            found += [r for r in score_doubts(outcome, thresholds) + shape_doubts(polygon, original, thresholds)
-                      if r not in found]
-        doubts.append(found)
+    `padding` is the user's Padding, which the outcomes' polygons include; an outcome that
+    carries SAM2's outline before padding (`found`) is judged on that."""
+    refined = [outcome.found if outcome.found is not None else unpadded(outcome.polygon, padding)
+               for outcome in outcomes]
+    doubts = [object_doubts(replace(outcome, found=polygon), original, thresholds) if polygon is not None
+              else list(outcome.doubts) for original, outcome, polygon in zip(originals, outcomes, refined)]
+    return with_overlap_doubts(outcomes, refined, doubts, originals, accepted_elsewhere, thresholds)
+
+
+def with_overlap_doubts(
+    outcomes: list[Outcome],
+    refined: list[Polygon | None],
+    doubts: list[list[Reason]],
+    originals: list[Polygon | None],
+    accepted_elsewhere: list[Polygon] = (),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> list[Outcome]:
+    """`outcomes` with their per-object `doubts` and the overlap check of the location:
+    `refined` are the outlines judged (before padding), `accepted_elsewhere` outlines an
+    earlier run accepted at this location."""
     ranking = [
         (bool(doubts[i]), -_agreement(polygon, originals[i]) if polygon is not None else 0.0, i)
         for i, polygon in enumerate(refined)

@@ -118,7 +118,25 @@ class Star:
         return [{"x": float(self.cx + r * np.cos(a)), "y": float(self.cy + r * np.sin(a))} for r, a in zip(radius, angle)]
 
 
-Shape = Disk | Rect | Star
+@dataclass(frozen=True)
+class Composite:
+    """Shapes taken as one mask (the union of their fields); prompts find it by its first part."""
+
+    parts: tuple
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.parts[0].centre
+
+    def signed_distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.maximum.reduce([part.signed_distance(x, y) for part in self.parts])
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        rows, cols = np.mgrid[:height, :width]
+        return self.signed_distance(cols + 0.5, rows + 0.5) > 0
+
+
+Shape = Disk | Rect | Star | Composite
 
 
 class OraclePredictor:

@@ -7,7 +7,7 @@ from shapely.geometry import box
 from sam2_refine import engine, tiling
 from sam2_refine.engine import RefineSettings, crops_of, refine_frame, resize_region
 from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
-from tests.oracle import Disk, OraclePredictor, Rect, ScoredOraclePredictor
+from tests.oracle import Composite, Disk, OraclePredictor, Rect, ScoredOraclePredictor
 
 WIDTH, HEIGHT = 3000, 1800  # non-square, larger than one native window
 
@@ -109,35 +109,58 @@ def test_every_object_lies_inside_its_window_with_margin():
 
 
 @pytest.mark.parametrize("predictor", [OraclePredictor, ScoredOraclePredictor])
-def test_a_mask_reaching_its_search_area_is_followed_to_the_whole_object(frame, predictor):
-    cell = Disk(500, 500, 60)
-    inner_box = Rect(480, 480, 520, 520)  # a rough outline drawn well inside the cell
+def test_a_mask_reaching_past_its_first_read_is_followed_within_what_was_decoded(frame, predictor):
+    # A cell with a thin tail: the tail leaves the area first read, the rest of the mask
+    # lies well inside the original's allowed zone, so the mask is followed to its end.
+    cell = Composite((Disk(500, 500, 20), Rect(518, 499, 560, 501)))
+    rough = Disk(500, 500, 20).rough_outline(2)
     oracle = predictor([cell])
-    outcome = refine(oracle, frame, [inner_box.rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    outcome = refine(oracle, frame, [rough], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
     assert outcome.polygon is not None, outcome.reason
-    col0, row0, col1, row1 = tiling.search_area(tiling.Box(480, 480, 520, 520), WIDTH, HEIGHT)
-    assert not outcome.polygon.within(box(col0, row0, col1, row1))
-    assert iou(outcome.polygon, cell.mask(HEIGHT, WIDTH)) >= 0.98
-    assert outcome.doubts == ()
-    if predictor is ScoredOraclePredictor:
-        # First decoded over its search area only; then again over the whole window to grow.
+    assert outcome.polygon.bounds[2] == pytest.approx(560, abs=0.6)
+    assert iou(outcome.polygon, cell.mask(HEIGHT, WIDTH)) >= 0.95
+    assert outcome.doubts == () and not outcome.cut
+    if predictor is ScoredOraclePredictor:  # decoded once, over the room it may be followed into
+        (areas,) = oracle.decoded_areas
         window = oracle.windows[0]
-        np.testing.assert_array_equal(
-            oracle.decoded_areas[0], [[col0 - window.left, row0 - window.top, col1 - window.left, row1 - window.top]]
-        )
-        assert oracle.decoded_areas[1:] == [None]
-        assert outcome.predicted_iou == pytest.approx(0.95)
+        prompt = engine.make_prompt(0, engine.prompt_box(rough, WIDTH, HEIGHT), engine.outline_of_coordinates(rough))
+        np.testing.assert_array_equal(areas, [engine.decode_area(prompt, window, (WIDTH, HEIGHT))])
 
 
 @pytest.mark.parametrize("predictor", [OraclePredictor, ScoredOraclePredictor])
-def test_a_mask_reaching_the_edge_of_the_window_is_kept_and_flagged(frame, predictor):
-    slab = Rect(100, 100, 1400, 1400)  # far larger than the window a 40-px box gets
+def test_a_mask_spilling_far_outside_its_original_is_cut_and_flagged(frame, predictor):
+    slab = Rect(100, 100, 1400, 1400)  # what a noise mask looks like: everything the window shows
+    rough = Rect(700, 700, 740, 740).rough_outline(0)
     oracle = predictor([slab])
-    outcome = refine(oracle, frame, [Rect(700, 700, 740, 740).rough_outline(0)], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
-    (window,) = oracle.windows
-    seen = box(window.left, window.top, window.left + window.width, window.top + window.height)
-    assert outcome.doubts == (engine.Reason.REACHES_VIEW_EDGE,)
-    assert outcome.polygon.symmetric_difference(seen).area < 0.01 * seen.area
+    outcome = refine(oracle, frame, [rough], RefineSettings(0, 0, RESOLUTION_AUTO))[0]
+    assert outcome.doubts[0] == engine.Reason.SPILLS_OUTSIDE and outcome.cut
+    # Stopped as soon as the review would doubt it whatever lies beyond: here one growth
+    # step past the area first read, where the mask's share outside the allowed zone
+    # first exceeds the review's limit.
+    prompt = engine.make_prompt(0, engine.prompt_box(rough, WIDTH, HEIGHT), engine.outline_of_coordinates(rough))
+    window = oracle.windows[0]
+    col0, row0, col1, row1 = engine.first_read(prompt, window, (WIDTH, HEIGHT))
+    step = engine.growth_step(prompt.box)
+    followed = box(col0 + window.left - step, row0 + window.top - step, col1 + window.left + step,
+                   row1 + window.top + step)
+    assert outcome.polygon.symmetric_difference(followed).area < 0.02 * followed.area
+
+
+def test_a_mask_reaching_the_edge_of_the_window_is_cut_and_flagged():
+    # A window that ends where the object's decoded area would go on (a window shared
+    # with other objects ends there); the mask goes on beyond it.
+    window = engine.Window(400, 400, 200, 200)
+    rough = Disk(580, 500, 10).rough_outline(1)
+    prompt = engine.make_prompt(0, engine.prompt_box(rough, WIDTH, HEIGHT), engine.outline_of_coordinates(rough))
+    cell = Composite((Disk(580, 500, 10), Rect(585, 499, 640, 501)))
+    oracle = OraclePredictor([cell])
+    oracle.encode(np.zeros((200, 200, 3), np.float32), window)
+    (tasks,) = engine.decode_window(oracle, window, [prompt], (WIDTH, HEIGHT))
+    area = tasks[0].decoded
+    assert area[2] == window.width  # the decoded area is cut by the window's right edge
+    outcome = engine.settle(tasks[0], RefineSettings(0, 0, RESOLUTION_AUTO))
+    assert engine.Reason.REACHES_VIEW_EDGE in outcome.doubts and outcome.cut
+    assert outcome.polygon.bounds[2] == pytest.approx(600)
 
 
 def test_a_mask_cut_by_the_frame_edge_is_not_flagged(frame):
