@@ -39,6 +39,15 @@ class DeviceChoice:
     threads: int
     warning: str | None = None
 
+    def on_cpu(self, why: str) -> "DeviceChoice":
+        """The CPU instead of this GPU, with a warning saying `why`."""
+        return DeviceChoice("cpu", _cpu_description(self.threads), self.threads,
+                            f"The GPU could not be used, so the job runs on the CPU: {why}")
+
+
+def _cpu_description(threads: int) -> str:
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
+
 
 def choose_device(requested: str | None = None, environ: Mapping[str, str] | None = None) -> DeviceChoice:
     """The device to run on: `requested` if given, else CUDA, then MPS, then the CPU."""
@@ -51,7 +60,9 @@ def choose_device(requested: str | None = None, environ: Mapping[str, str] | Non
         cuda_available = torch.cuda.is_available()
     kind = requested or _best_kind(torch, cuda_available)
     if kind.startswith("cuda"):
-        return DeviceChoice(kind, f"CUDA GPU {torch.cuda.get_device_name(kind)} (CUDA {torch.version.cuda})", threads)
+        choice = DeviceChoice(kind, f"CUDA GPU {torch.cuda.get_device_name(kind)} (CUDA {torch.version.cuda})", threads)
+        missing = missing_kernels(torch, kind)
+        return choice if missing is None else choice.on_cpu(missing)
     if kind == "mps":
         return DeviceChoice(kind, "Apple GPU (MPS)", threads)
     warning = None
@@ -63,7 +74,22 @@ def choose_device(requested: str | None = None, environ: Mapping[str, str] | Non
             [str(w.message) for w in cuda_warnings],
         )
         warning = f"This image is built for NVIDIA GPUs but found no usable GPU: {reason}"
-    return DeviceChoice("cpu", f"CPU, {threads} thread{'s' if threads != 1 else ''}", threads, warning)
+    return DeviceChoice("cpu", _cpu_description(threads), threads, warning)
+
+
+def missing_kernels(torch, kind: str) -> str | None:
+    """Why the installed torch cannot run kernels on this GPU (a GPU older, or newer, than
+    the build's architectures), or None when a small kernel runs."""
+    try:
+        (torch.ones(2, device=kind) * 2).sum().item()
+    except RuntimeError as error:
+        if "no kernel image" not in str(error).lower():
+            raise
+        major, minor = torch.cuda.get_device_capability(kind)
+        return (f"{torch.cuda.get_device_name(kind)} has compute capability {major}.{minor}, which this build of "
+                f"torch has no kernels for (it has {', '.join(torch.cuda.get_arch_list()) or 'none'}); "
+                "use a build for this GPU")
+    return None
 
 
 def _best_kind(torch, cuda_available: bool) -> str:

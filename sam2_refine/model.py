@@ -57,8 +57,11 @@ class MaskPredictor(Protocol):
 
     Optional extensions a predictor may have (the engine checks with `hasattr`):
     - `decode_batch_size: int`, boxes per decode call (default `DEFAULT_DECODE_BATCH`);
-    - `decode(boxes, areas) -> DecodedMasks`, which adds SAM2's own scores and may skip
-      computing logits outside `areas` (see `ScoredPredictor`).
+    - `decode(boxes, areas) -> DecodedMasks`, which adds SAM2's own scores and alternative
+      masks and may skip computing logits outside `areas` (see `ScoredPredictor`);
+    - `encode_batch(window_images, windows) -> list` and `use(encoded)`, with
+      `encode_batch_size: int`: several windows through the image encoder at once, each then
+      made the current window by `use` (see `BatchEncoder`).
     """
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
@@ -83,6 +86,10 @@ class DecodedMasks:
     logits: np.ndarray
     predicted_iou: np.ndarray | None = None
     object_score: np.ndarray | None = None
+    # (N, K, h, w): K more masks for each box, on the same grid as `logits` and valid over
+    # the same areas (SAM2's multi-mask outputs), with SAM2's IoU estimate of each (N, K).
+    candidates: np.ndarray | None = None
+    candidate_iou: np.ndarray | None = None
 
 
 class ScoredPredictor(MaskPredictor, Protocol):
@@ -90,6 +97,17 @@ class ScoredPredictor(MaskPredictor, Protocol):
         """Like `decode_low_res`, with scores. `areas` (N, 4) are window pixels
         (col0, row0, col1, row1), end-exclusive: the engine reads each object's logits
         only there, so a predictor may leave the rest uncomputed. None means everywhere."""
+
+
+class BatchEncoder(MaskPredictor, Protocol):
+    encode_batch_size: int
+
+    def encode_batch(self, window_images: list[np.ndarray], windows: list[Window]) -> list[object]:
+        """Encode several windows at once (as `encode` would each); returns one opaque
+        encoding per window, in order."""
+
+    def use(self, encoded: object) -> None:
+        """Make an encoding from `encode_batch` the current window, as `encode` would."""
 
 
 DEFAULT_DECODE_BATCH = 16
@@ -273,8 +291,47 @@ def embedding_span(cells: _Span) -> _Span:
     return _Span(cells.start // 4, -(-cells.stop // 4))
 
 
+@dataclass
+class _Encoded:
+    """One encoded window: what `decode` reads of it (model tensors)."""
+
+    window_hw: tuple[int, int]
+    image_embed: object
+    high_res: list
+    first_block: dict
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def _is_missing_kernel(error: BaseException) -> bool:
+    return "no kernel image" in str(error).lower()
+
+
+# Up to this many windows per encoder batch, using at most this share of the free GPU memory.
+MAX_ENCODE_BATCH = 8
+ENCODE_MEMORY_SHARE = 0.5
+
+
+def _encode_batch_for(peak_bytes: int, free_bytes: int) -> int:
+    """Windows per encoder batch: as many as fit ENCODE_MEMORY_SHARE of the free memory at
+    the measured peak per window, within [1, MAX_ENCODE_BATCH]."""
+    if peak_bytes <= 0:
+        return MAX_ENCODE_BATCH
+    return max(1, min(MAX_ENCODE_BATCH, int(ENCODE_MEMORY_SHARE * free_bytes // peak_bytes)))
+
+
+def _gpu_failure(error: BaseException, checkpoint: Path) -> str:
+    """Why the model runs on the CPU instead of the GPU, for the job's warning."""
+    if _is_out_of_memory(error):
+        return (f"the GPU did not have the memory to load {checkpoint.name} ({error}); another job may be "
+                "using it, or the model is too large for it")
+    return f"the installed torch has no kernels for this GPU (it is older than the build supports): {error}"
+
+
 class Sam2Predictor:
-    """SAM2 for box prompts, one mask per box.
+    """SAM2 for box prompts, one mask per box (and SAM2's alternatives for it).
 
     It does what sam2's SAM2ImagePredictor does for this case, without importing it
     (that module pulls in torchvision, seconds of start-up), and computes less:
@@ -285,11 +342,18 @@ class Sam2Predictor:
       there are the full decoder's. SAM2's fallback to its best multi-mask output when
       the single mask is unstable (build_sam2's `dynamic_multimask_via_stability`) is
       judged on those cells; it is the full decoder's judgement whenever no logit outside
-      the area exceeds -0.05, i.e. whenever the object lies inside its area;
+      the area exceeds -0.05, i.e. whenever the object lies inside its area. The masks
+      not chosen are returned as `candidates`;
     - the first two-way attention block's projections of the image tokens are computed
       once per window: with box prompts the dense prompt embedding is the constant
       `no_mask_embed`, so they are the same for every box.
     tests/test_decoder_equivalence.py checks both against sam2's own decoder.
+
+    On CUDA, windows go through the image encoder in batches (`encode_batch`) sized to
+    the GPU's free memory after the first window's peak was measured, and each decode
+    batch is upscaled over the whole grid at once. CUDA running out of memory while the
+    model is built, or a GPU the installed torch has no kernels for, falls back to the
+    CPU with `device_warning` saying so.
     """
 
     def __init__(self, checkpoint: Path, device: str | None = None, precision: str | None = None):
@@ -298,33 +362,67 @@ class Sam2Predictor:
         from .device import choose_device
 
         choice = choose_device(device)
+        config = config_for_checkpoint(checkpoint)
+        try:
+            self._start(choice, precision, config, checkpoint)
+        except WorkerError:
+            raise
+        except Exception as error:
+            if choice.kind.startswith("cuda") and (_is_out_of_memory(error) or _is_missing_kernel(error)):
+                self.model = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._start(choice.on_cpu(_gpu_failure(error, checkpoint)), precision, config, checkpoint)
+            else:
+                raise WorkerError(
+                    f"Model {checkpoint.name} could not be loaded: {type(error).__name__}: {error}",
+                    info="The checkpoint file may be truncated or not match its config; reinstall the model.",
+                    title="Model failed to load",
+                ) from error
+
+    def _start(self, choice, precision: str | None, config, checkpoint: Path) -> None:
+        import torch
+
         self.device = choice.kind
         self.threads = choice.threads
         self._use_threads()
-        self.tf32 = self.device == "cuda" and torch.cuda.get_device_properties(0).major >= 8
+        self.tf32 = self.device.startswith("cuda") and torch.cuda.get_device_properties(self.device).major >= 8
         if self.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.precision = precision or choose_precision(self.device)
+        self.precision = precision or choose_precision(self.device.split(":")[0])
         self.device_description = f"{choice.description}, {self._precision_words()}"
         self.device_warning = choice.warning
-        config = config_for_checkpoint(checkpoint)
-        try:
-            self.model = _build_model(config, checkpoint, self.device)
-        except Exception as error:  # any failure to read or fit the file is the same to the user
-            raise WorkerError(
-                f"Model {checkpoint.name} could not be loaded: {type(error).__name__}: {error}",
-                info="The checkpoint file may be truncated or not match its config; reinstall the model.",
-                title="Model failed to load",
-            ) from error
+        self.model = _build_model(config, checkpoint, self.device)
         with torch.inference_mode():
             self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
-        self.decode_batch_size = DECODE_BATCH_SIZE.get(self.device, 1)
-        # On CUDA the batch is upscaled over the whole grid at once instead of box by box
-        # over each area (same logits there; which is faster on a GPU is unmeasured).
-        self.crop_upscaling = self.device != "cuda"
+        self._current: _Encoded | None = None
+        kind = self.device.split(":")[0]
+        self.decode_batch_size = DECODE_BATCH_SIZE.get(kind, 1)
+        # CPU and MPS upscale each box over its area; CUDA the batch over the whole grid
+        # at once (the same logits there; which is faster on a GPU is unmeasured).
+        self.crop_upscaling = kind != "cuda"
+        self.encode_batch_size = 1  # CUDA: set from the first window's measured peak
+        self._encode_peak_bytes: int | None = None
+
+    # The current window (what `decode` reads), for tests and benchmarks.
+    @property
+    def _window_hw(self) -> tuple[int, int]:
+        return self._current.window_hw
+
+    @property
+    def _image_embed(self):
+        return self._current.image_embed
+
+    @property
+    def _high_res(self):
+        return self._current.high_res
+
+    @property
+    def _first_block(self) -> dict:
+        return self._current.first_block
 
     def _use_threads(self) -> None:
         """torch's CPU thread count is per calling thread (OpenMP), and the predictor may
@@ -347,41 +445,85 @@ class Sam2Predictor:
         (benchmarks/RESULTS.md) and stays exact in fp32."""
         import torch
 
-        if self.precision != "bf16" or self.device not in ("cuda", "cpu"):
+        kind = self.device.split(":")[0]
+        if self.precision != "bf16" or kind not in ("cuda", "cpu"):
             return nullcontext()
-        if self.device == "cpu" and stage == "decode":
+        if kind == "cpu" and stage == "decode":
             return nullcontext()
-        return torch.autocast(self.device, dtype=torch.bfloat16)
+        return torch.autocast(kind, dtype=torch.bfloat16)
 
     def encode(self, window_image: np.ndarray, window: Window) -> None:
+        self.use(self.encode_batch([window_image], [window])[0])
+
+    def use(self, encoded: _Encoded) -> None:
+        self._current = encoded
+
+    def encode_batch(self, window_images: list[np.ndarray], windows: list[Window]) -> list[_Encoded]:
+        """The windows through the image encoder together; on CUDA running out of memory
+        halves the batch size and retries."""
+        try:
+            return self._encode_together(window_images, windows)
+        except Exception as error:
+            if not (self.device.startswith("cuda") and _is_out_of_memory(error)):
+                raise
+            import torch
+
+            torch.cuda.empty_cache()
+            if len(windows) == 1:
+                raise WorkerError(
+                    f"The GPU ran out of memory while SAM2 looked at one window: {error}",
+                    info="Another job may be using this GPU; run the tool again when it is free, or choose a smaller model.",
+                    title="GPU out of memory",
+                ) from error
+            self.encode_batch_size = max(1, len(windows) // 2)
+            half = len(windows) // 2
+            return self.encode_batch(window_images[:half], windows[:half]) + \
+                self.encode_batch(window_images[half:], windows[half:])
+
+    def _encode_together(self, window_images: list[np.ndarray], windows: list[Window]) -> list[_Encoded]:
         import torch
         import torch.nn.functional as F
 
         self._use_threads()
         model = self.model
         side = model.image_size
+        measuring = self.device.startswith("cuda") and self._encode_peak_bytes is None and len(windows) == 1
+        if measuring:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
         with torch.inference_mode(), self._autocast("encode"):
-            pixels = torch.from_numpy(np.ascontiguousarray(window_image.transpose(2, 0, 1)))[None].to(self.device)
-            pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
-            pixels = (pixels - self._mean) / self._std
+            inputs = []
+            for image in window_images:
+                pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device)
+                inputs.append(F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True))
+            pixels = (torch.cat(inputs) - self._mean) / self._std
             backbone = model.forward_image(pixels)
             _, features, _, sizes = model._prepare_backbone_features(backbone)
             if model.directly_add_no_mem_embed:
                 features[-1] = features[-1] + model.no_mem_embed
-            maps = [f.permute(1, 2, 0).view(1, -1, h, w) for f, (h, w) in zip(features, sizes)]
+            count = len(windows)
+            maps = [f.permute(1, 2, 0).view(count, -1, h, w) for f, (h, w) in zip(features, sizes)]
+        if measuring:
+            self._encode_peak_bytes = torch.cuda.max_memory_allocated(self.device) - before
+            self.encode_batch_size = _encode_batch_for(self._encode_peak_bytes, torch.cuda.mem_get_info(self.device)[0])
+        encoded = []
         with torch.inference_mode(), self._autocast("decode"):
-            if self.device == "cpu":
-                maps = [m.float() for m in maps]
-            self._image_embed, self._high_res = maps[-1], maps[:-1]
-            self._first_block = self._first_block_projections()
-        self._window_hw = (window.height, window.width)
+            for k, window in enumerate(windows):
+                window_maps = [m[k:k + 1] for m in maps]
+                if self.device == "cpu":
+                    window_maps = [m.float() for m in window_maps]
+                image_embed, high_res = window_maps[-1], window_maps[:-1]
+                encoded.append(_Encoded((window.height, window.width), image_embed, high_res,
+                                        self._first_block_projections(image_embed)))
+        return encoded
 
     def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
         return self.decode(boxes).logits
 
     def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
         """SAM2's mask for each box, exact over its area (see the class), NOT_DECODED
-        elsewhere; SAM2's predicted IoU of that mask and its object-presence logit."""
+        elsewhere where it was not computed; SAM2's predicted IoU of that mask and its
+        object-presence logit; its other three masks as candidates."""
         import torch
 
         self._use_threads()
@@ -402,21 +544,84 @@ class Sam2Predictor:
                 object_score = decoder.pred_obj_score_head(hs[:, 0, :])[:, 0].float()
             else:  # what sam2 reports when the model has no object-score head
                 object_score = torch.full((count,), 10.0, device=self.device)
-            logits = np.full((count, LOW_RES_SIDE, LOW_RES_SIDE), NOT_DECODED, dtype=np.float32)
-            chosen_iou = np.empty(count, dtype=np.float32)
-            full = None if self.crop_upscaling else self._upscale(src, hyper_in, _Span(0, EMBEDDING_SIDE), _Span(0, EMBEDDING_SIDE))
-            for k in range(count):
-                rows, cols = self._read_cells(None if areas is None else areas[k])
-                block_rows, block_cols = embedding_span(rows), embedding_span(cols)
-                if full is None:
-                    masks = self._upscale(src[k:k + 1], hyper_in[k:k + 1], block_rows, block_cols)
-                else:
-                    masks = full[k:k + 1, :, 4 * block_rows.start:4 * block_rows.stop, 4 * block_cols.start:4 * block_cols.stop]
-                masks, iou = self._select_mask(masks, iou_pred[k:k + 1], rows, cols, block_rows, block_cols)
-                logits[k, 4 * block_rows.start:4 * block_rows.stop, 4 * block_cols.start:4 * block_cols.stop] = \
-                    masks[0, 0].float().cpu().numpy()
-                chosen_iou[k] = float(iou[0, 0])
-        return DecodedMasks(logits, chosen_iou, object_score.cpu().numpy().astype(np.float32))
+            reads = [self._read_cells(None if areas is None else areas[k]) for k in range(count)]
+            if self.crop_upscaling:
+                masks, order = self._decode_by_area(src, hyper_in, iou_pred, reads)
+            else:
+                masks, order = self._decode_whole_grid(src, hyper_in, iou_pred, reads)
+            scores = iou_pred.cpu().numpy()
+        ranked = np.take_along_axis(scores, order, axis=1)
+        return DecodedMasks(masks[:, 0], ranked[:, 0].astype(np.float32), object_score.cpu().numpy().astype(np.float32),
+                            masks[:, 1:], ranked[:, 1:].astype(np.float32))
+
+    def _decode_by_area(self, src, hyper_in, iou_pred, reads) -> tuple[np.ndarray, np.ndarray]:
+        """Each box upscaled over the embedding cells its area needs: (N, 4, h, w) masks,
+        the chosen one first, then the others in SAM2's order (NOT_DECODED outside the
+        area), and for each box the mask indexes in that order (N, 4)."""
+        count = len(reads)
+        tokens = hyper_in.shape[1]
+        masks = np.full((count, tokens, LOW_RES_SIDE, LOW_RES_SIDE), NOT_DECODED, dtype=np.float32)
+        order = np.empty((count, tokens), dtype=np.int64)
+        for k, (rows, cols) in enumerate(reads):
+            block_rows, block_cols = embedding_span(rows), embedding_span(cols)
+            block = self._upscale(src[k:k + 1], hyper_in[k:k + 1], block_rows, block_cols)
+            read = block[:, :, rows.start - 4 * block_rows.start:rows.stop - 4 * block_rows.start,
+                         cols.start - 4 * block_cols.start:cols.stop - 4 * block_cols.start]
+            chosen = self._chosen_mask(read[0], iou_pred[k])
+            order[k] = [chosen] + [i for i in range(tokens) if i != chosen]
+            masks[k, :, 4 * block_rows.start:4 * block_rows.stop, 4 * block_cols.start:4 * block_cols.stop] = \
+                block[0, order[k]].float().cpu().numpy()
+        return masks, order
+
+    def _decode_whole_grid(self, src, hyper_in, iou_pred, reads) -> tuple[np.ndarray, np.ndarray]:
+        """The batch upscaled over the whole grid at once, each box's choice judged on the
+        cells it reads, all on the device; then one transfer. Same result as
+        `_decode_by_area` over the areas."""
+        import torch
+
+        whole = _Span(0, EMBEDDING_SIDE)
+        masks = self._upscale(src, hyper_in, whole, whole).float()  # (N, 4, 256, 256)
+        count, tokens = masks.shape[:2]
+        chosen = self._chosen_masks(masks, iou_pred, reads)
+        others = torch.arange(tokens, device=masks.device).expand(count, tokens)
+        others = others[others != chosen[:, None]].view(count, tokens - 1)
+        order = torch.cat([chosen[:, None], others], dim=1)
+        ordered = torch.take_along_dim(masks, order[:, :, None, None], dim=1)
+        return ordered.cpu().numpy(), order.cpu().numpy()
+
+    def _chosen_mask(self, read, iou) -> int:
+        """MaskDecoder.forward's choice for one single-mask output, from all its masks over
+        the cells read (4, h, w): mask 0, or, when `dynamic_multimask_via_stability` finds
+        it unstable there, the multi-mask output with the highest predicted IoU."""
+        decoder = self.model.sam_mask_decoder
+        if not decoder.dynamic_multimask_via_stability:
+            return 0
+        if bool(decoder._get_stability_scores(read[0:1])[0] >= decoder.dynamic_multimask_stability_thresh):
+            return 0
+        return 1 + int(iou[1:].argmax())
+
+    def _chosen_masks(self, masks, iou_pred, reads):
+        """`_chosen_mask` for a batch over the whole grid (N, 4, h, w), on the device: the
+        stability of mask 0 counted over each box's cells only."""
+        import torch
+
+        decoder = self.model.sam_mask_decoder
+        count = masks.shape[0]
+        if not decoder.dynamic_multimask_via_stability:
+            return torch.zeros(count, dtype=torch.int64, device=masks.device)
+        bounds = torch.tensor([[r.start, r.stop, c.start, c.stop] for r, c in reads], device=masks.device)
+        cells = torch.arange(masks.shape[-1], device=masks.device)
+        in_rows = (cells[None, :] >= bounds[:, 0:1]) & (cells[None, :] < bounds[:, 1:2])
+        in_cols = (cells[None, :] >= bounds[:, 2:3]) & (cells[None, :] < bounds[:, 3:4])
+        read = in_rows[:, :, None] & in_cols[:, None, :]
+        delta = decoder.dynamic_multimask_stability_delta
+        first = masks[:, 0]
+        intersections = ((first > delta) & read).sum(dim=(-1, -2)).float()
+        unions = ((first > -delta) & read).sum(dim=(-1, -2)).float()
+        stability = torch.where(unions > 0, intersections / unions.clamp(min=1), torch.ones_like(unions))
+        best_other = 1 + iou_pred[:, 1:].argmax(dim=1)
+        stable = stability >= decoder.dynamic_multimask_stability_thresh
+        return torch.where(stable, torch.zeros_like(best_other), best_other)
 
     def _read_cells(self, area: np.ndarray | None) -> tuple[_Span, _Span]:
         """The low-resolution rows and columns the engine reads for `area` (window pixels
@@ -455,28 +660,14 @@ class Sam2Predictor:
         count, channels, height, width = up.shape
         return (hyper_in @ up.view(count, channels, height * width)).view(count, -1, height, width)
 
-    def _select_mask(self, masks, iou_pred, rows: _Span, cols: _Span, block_rows: _Span, block_cols: _Span):
-        """MaskDecoder.forward's choice for one single-mask output: mask 0, or, when
-        `dynamic_multimask_via_stability` finds it unstable over the cells read, the
-        multi-mask output with the highest predicted IoU. -> ((1, 1, h, w) logits, (1, 1) IoU)."""
-        decoder = self.model.sam_mask_decoder
-        if not decoder.dynamic_multimask_via_stability:
-            return masks[:, 0:1], iou_pred[:, 0:1]
-        read = masks[:, 0, rows.start - 4 * block_rows.start:rows.stop - 4 * block_rows.start,
-                     cols.start - 4 * block_cols.start:cols.stop - 4 * block_cols.start]
-        if bool(decoder._get_stability_scores(read)[0] >= decoder.dynamic_multimask_stability_thresh):
-            return masks[:, 0:1], iou_pred[:, 0:1]
-        best = 1 + int(iou_pred[0, 1:].argmax())
-        return masks[:, best:best + 1], iou_pred[:, best:best + 1]
-
-    def _first_block_projections(self) -> dict:
+    def _first_block_projections(self, image_embed) -> dict:
         """What the decoder's first two-way block computes from the image tokens alone: a
         box prompt's dense embedding is the constant no_mask_embed, so these are the same
         for every box of the window. Called inside inference mode and the decoder's autocast."""
         model = self.model
         block = model.sam_mask_decoder.transformer.layers[0]
         no_mask = model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        keys = (self._image_embed + no_mask).flatten(2).permute(0, 2, 1)
+        keys = (image_embed + no_mask).flatten(2).permute(0, 2, 1)
         key_pe = self._dense_pe.flatten(2).permute(0, 2, 1)
         keyed = keys + key_pe
         return {

@@ -142,3 +142,41 @@ def test_cells_outside_the_area_are_not_decoded(predictor):
     decoded = logits != NOT_DECODED
     assert decoded[100:130, 100:140].all()
     assert 0 < decoded.sum() < 0.1 * LOW_RES_SIDE**2
+
+
+def test_windows_encoded_together_decode_as_when_encoded_one_at_a_time(predictor):
+    """What a GPU does with batches of windows (encode_batch), here with two on the CPU."""
+    rng = np.random.default_rng(11)
+    windows = [Window(0, 0, 320, 240), Window(100, 50, 256, 256)]
+    images = [rng.random((w.height, w.width, 3), dtype=np.float32) for w in windows]
+    boxes = np.array([[20, 30, 90, 110], [150, 100, 230, 200]], np.float32)
+    alone = []
+    for image, window in zip(images, windows):
+        predictor.encode(image, window)
+        alone.append(predictor.decode(boxes))
+    together = predictor.encode_batch(images, windows)
+    assert len(together) == 2
+    for encoded, expected in zip(together, alone):
+        predictor.use(encoded)
+        decoded = predictor.decode(boxes)
+        np.testing.assert_allclose(decoded.logits, expected.logits, atol=TOLERANCE)
+        np.testing.assert_allclose(decoded.candidates, expected.candidates, atol=TOLERANCE)
+        np.testing.assert_allclose(decoded.predicted_iou, expected.predicted_iou, atol=TOLERANCE)
+
+
+def test_candidates_are_sam2s_other_masks_for_the_box(predictor):
+    """Besides the chosen mask, decode returns the other three masks of the same pass, in
+    sam2's order, with sam2's IoU estimate of each."""
+    height, width = 300, 500
+    predictor.encode(np.random.default_rng(5).random((height, width, 3), dtype=np.float32), Window(0, 0, width, height))
+    boxes, _ = boxes_and_areas(height, width)
+    decoded = predictor.decode(boxes)
+    reference = reference_decode(predictor, boxes, True)
+    for k, (masks, iou, _) in enumerate(reference):
+        chosen, chosen_iou = chosen_by_sam2(predictor, masks, iou, low_res_span(0, height, height),
+                                            low_res_span(0, width, width))
+        index = next(i for i in range(4) if np.allclose(masks[i], chosen, atol=TOLERANCE))
+        others = [i for i in range(4) if i != index]
+        assert decoded.candidates.shape[1:] == (3, LOW_RES_SIDE, LOW_RES_SIDE)
+        np.testing.assert_allclose(decoded.candidates[k], masks[others], atol=TOLERANCE)
+        np.testing.assert_allclose(decoded.candidate_iou[k], iou[others], atol=TOLERANCE)
