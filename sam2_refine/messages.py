@@ -8,8 +8,8 @@ token from every text that leaves the process.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable
 
 REDACTED = "<token>"
 
@@ -32,7 +32,8 @@ class Redactor:
 
 
 class Reporter:
-    """Progress, warnings and errors for the job log and the app."""
+    """Progress, warnings and errors for the job log and the app; safe to use from the
+    pipeline's threads (each message stays one whole line)."""
 
     TITLE = "SAM2 Refiner"
 
@@ -40,24 +41,29 @@ class Reporter:
         self._context = context
         self._redact = redact
         self._last_percent = -1
+        self._lock = threading.RLock()
 
     def progress(self, fraction: float, info: str = "", force: bool = False) -> None:
         fraction = min(1.0, max(0.0, fraction))
         percent = int(fraction * 100)
-        if percent == self._last_percent and not force:
-            return
-        self._last_percent = percent
-        self._context.progress(round(fraction, 4), self.TITLE, self._redact.line(info))
+        with self._lock:
+            if percent == self._last_percent and not force:
+                return
+            self._last_percent = percent
+            self._context.progress(round(fraction, 4), self.TITLE, self._redact.line(info))
 
     def warning(self, message: str, info: str | None = None) -> None:
-        self._context.warning(self._redact.line(message), info=self._redact.line(info))
+        with self._lock:
+            self._context.warning(self._redact.line(message), info=self._redact.line(info))
 
     def error(self, message: str, info: str | None = None, title: str = "Error") -> None:
-        self._context.error(self._redact.line(message), title=title, info=self._redact.line(info))
+        with self._lock:
+            self._context.error(self._redact.line(message), title=title, info=self._redact.line(info))
 
     def log(self, text: str) -> None:
         """A plain line for the job log (stderr); the app ignores it."""
-        print(self._redact(text), file=sys.stderr, flush=True)
+        with self._lock:
+            print(self._redact(text), file=sys.stderr, flush=True)
 
 
 def plural(count: int, noun: str) -> str:
@@ -70,12 +76,3 @@ def skipped_summary(reasons: Counter) -> str:
     for reason, count in reasons.most_common():
         parts.append(plural(count, reason) if reason.endswith(("mask", "prompt")) else f"{count} {reason}")
     return ", ".join(parts)
-
-
-def make_progress(reporter: Reporter, start: float, span: float, total: int, info: Callable[[int], str]):
-    """A callback mapping `done` of `total` onto [start, start + span] of the job."""
-
-    def report(done: int) -> None:
-        reporter.progress(start + span * (done / total if total else 1.0), info(done))
-
-    return report

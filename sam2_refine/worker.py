@@ -18,13 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from . import interface as ui
-from .engine import Outcome, RefineSettings, WindowImages, refine_frame
+from .device import usable_cpu_count
+from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError
-from .messages import Reporter, make_progress, plural, skipped_summary
+from .messages import Reporter, plural, skipped_summary
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
+from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
-from .review import ADVICE, original_outline, primary_reason, review_location
+from .pipeline import LocationWork, run_pipeline
+from .review import ADVICE, original_outline
 from .writeback import Counterpart, Refined, WriteBack, is_output_of, run_key
 
 # Shares of the progress bar.
@@ -33,6 +36,9 @@ REFINING_SHARE = 0.95
 
 # The shapes that outline an object, so can be refined.
 OUTLINE_SHAPES = ("polygon", "rectangle")
+# Jobs with fewer objects than this settle their outlines in the worker's own process:
+# starting a process per CPU costs more than they would gain.
+PROCESS_POOL_MIN_OBJECTS = 200
 
 
 def run_interface(platform: Platform, image: str, reporter: Reporter) -> None:
@@ -129,21 +135,27 @@ class Tally:
     earlier: int = 0  # already refined by an earlier run with the same settings
     skipped: Counter = field(default_factory=Counter)  # Reason -> count
     doubtful: Counter = field(default_factory=Counter)  # primary Reason -> count
+    recovered: Counter = field(default_factory=Counter)  # the primary mask's Reason -> count
 
 
 def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally) -> list[Refined]:
-    """What to save for each reviewed outcome under the user's doubtful-refinement policy."""
+    """What to save for each reviewed outcome under the user's doubtful-refinement policy.
+    An outline cut where SAM2's mask went on is kept next to its original, tagged for
+    review, whatever the policy but Skip."""
     refined = []
     for original, outcome in zip(originals, outcomes):
+        if outcome.recovered is not None:
+            tally.recovered[outcome.recovered] += 1
         if outcome.polygon is None:
             tally.skipped[outcome.reason] += 1
             continue
         doubtful = bool(outcome.doubts)
         if doubtful:
-            tally.doubtful[primary_reason(outcome.doubts)] += 1
+            tally.doubtful[why_not_accepted(outcome)] += 1
             if policy == ui.DOUBTFUL_SKIP:
                 continue
-        refined.append(Refined(original, outcome.polygon, doubtful and policy == ui.DOUBTFUL_TAG))
+        tagged = doubtful and (policy == ui.DOUBTFUL_TAG or outcome.cut)
+        refined.append(Refined(original, outcome.polygon, tagged))
     return refined
 
 
@@ -206,6 +218,9 @@ def _summary(tally: Tally, writer: WriteBack, params: RefineParameters) -> str:
         summary += f"; {sum(tally.skipped.values())} skipped: {skipped_summary(tally.skipped)}"
     if tally.doubtful:
         summary += f"; {_doubtful_summary(tally, params.doubtful)}"
+    if tally.recovered:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in tally.recovered.most_common())
+        summary += f"; {sum(tally.recovered.values())} recovered with one of SAM2's alternative masks ({reasons})"
     if tally.earlier:
         summary += f"; {tally.earlier} already refined by an earlier run with the same settings"
     if params.delete_originals:
@@ -263,18 +278,30 @@ def run_compute(
         reporter.progress(1.0, "Nothing to refine", force=True)
         return
 
-    predictor = None
     if tally.to_refine:
         reporter.progress(0.01, f"Loading {params.model_name}", force=True)
-        predictor = load_predictor(params.checkpoint_path)
-        _report_device(predictor, params.model_name, reporter)
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare()
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
-    try:
+
+    def predictor() -> MaskPredictor:
+        loaded = load_predictor(params.checkpoint_path)
+        _report_device(loaded, params.model_name, reporter)
+        return loaded
+
+    def works():
         for location in list(by_location):
-            _refine_location(platform, predictor, location, by_location.pop(location), earlier, frame, params,
-                             settings, writer, tally, reporter)
+            yield _location_work(platform, location, by_location.pop(location), earlier, frame, params, reporter)
+
+    def finish(work: LocationWork, outcomes: list[Outcome]) -> None:
+        _finish_location(work, outcomes, params, writer, tally, reporter)
+
+    workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
+    try:
+        clock = run_pipeline(works(), predictor, settings, finish,
+                             lambda work, done: _progress(work, done, tally, reporter), workers)
+        where = f"in {plural(workers, 'process')}" if workers > 1 else "in line"
+        reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
     except WorkerError as error:
         _report_skipped(tally.skipped, reporter)
         _report_doubtful(tally, params.doubtful, reporter)
@@ -296,41 +323,62 @@ def run_compute(
         )
 
 
-def _refine_location(
+@dataclass(frozen=True)
+class _Place:
+    """What the worker keeps of a location while the pipeline works on it."""
+
+    location: Location
+    todo: list[dict]
+    done: list[tuple[dict, Counterpart]]
+
+
+def _location_work(
     platform: Platform,
-    predictor: MaskPredictor | None,
     location: Location,
     originals: list[dict],
     earlier: dict[str, Counterpart],
     frame: FrameGeometry,
     params: RefineParameters,
-    settings: RefineSettings,
+    reporter: Reporter,
+) -> LocationWork:
+    """A location for the pipeline: the originals still to refine, and those an earlier run
+    refined (only write-back may be left to do for them)."""
+    done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
+    todo = [original for original in originals if original["_id"] not in earlier]
+    return LocationWork(
+        frame_size=(frame.width, frame.height),
+        coordinates=[prompt_coordinates(original) for original in todo],
+        outlines=[original_outline(original) for original in todo],
+        fetch=window_images(platform, location, frame, params.resolution, reporter),
+        context=_Place(location, todo, done),
+    )
+
+
+def _progress(work: LocationWork, done: int, tally: Tally, reporter: Reporter) -> None:
+    place: _Place = work.context
+    if not place.todo:
+        return
+    total = max(tally.to_refine, 1)
+    fraction = LOADING_SHARE + REFINING_SHARE * (tally.finished + done) / total
+    reporter.progress(fraction, f"Refined {tally.finished + done} of {tally.to_refine} objects ({_where(place.location)})")
+
+
+def _finish_location(
+    work: LocationWork,
+    outcomes: list[Outcome],
+    params: RefineParameters,
     writer: WriteBack,
     tally: Tally,
     reporter: Reporter,
 ) -> None:
-    """Refine, review, write back and report one location."""
-    done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
-    todo = [original for original in originals if original["_id"] not in earlier]
-    refined: list[Refined] = []
-    where = _where(location)
-    if todo:
-        images = window_images(platform, location, frame, params.resolution, reporter)
-        total = max(tally.to_refine, 1)
-        progress = make_progress(
-            reporter, LOADING_SHARE + REFINING_SHARE * tally.finished / total, REFINING_SHARE * len(todo) / total,
-            len(todo), lambda n, before=tally.finished: f"Refined {before + n} of {tally.to_refine} objects ({where})",
-        )
-        outcomes = refine_frame(
-            predictor, images, (frame.width, frame.height), [prompt_coordinates(o) for o in todo], settings, progress
-        )
-        del images
-        outcomes = review_location([original_outline(o) for o in todo], outcomes, params.padding)
-        refined = decide(todo, outcomes, params.doubtful, tally)
-    writer.write_location(location, refined, done)
-    tally.finished += len(todo)
+    """Decide, write back and report one location (the pipeline's finish stage)."""
+    place: _Place = work.context
+    refined = decide(place.todo, outcomes, params.doubtful, tally)
+    writer.write_location(place.location, refined, place.done)
+    tally.finished += len(place.todo)
     reporter.progress(
         LOADING_SHARE + REFINING_SHARE * tally.finished / max(tally.to_refine, 1),
-        f"Saved {writer.result.created} refined polygons; {tally.finished} of {tally.to_refine} objects done ({where})",
+        f"Saved {writer.result.created} refined polygons; {tally.finished} of {tally.to_refine} objects done "
+        f"({_where(place.location)})",
         force=True,
     )

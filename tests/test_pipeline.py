@@ -1,0 +1,165 @@
+"""The pipeline's stages side by side: order, failures, cancels, batched encoding.
+
+In process, with the oracle as the model and plain functions as the platform: what
+`finish` receives is what the worker writes back. Every location is the same frame
+(a time-lapse of still cells), so one oracle answers for all of them."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from sam2_refine.engine import RefineSettings, outline_of_coordinates, plan_location
+from sam2_refine.interface import RESOLUTION_AUTO
+from sam2_refine.pipeline import FETCH_THREADS, PREFETCH, LocationWork, run_pipeline
+from tests.oracle import Disk, OraclePredictor
+
+WIDTH, HEIGHT = 1200, 900
+SETTINGS = RefineSettings(0.7, 0, RESOLUTION_AUTO)
+SHAPES = [Disk(80 + 130 * (i % 8), 80 + 120 * (i // 8), 9 + i % 5) for i in range(48)]  # 48 apart, many windows
+
+
+def work(name: str, fetch=None) -> LocationWork:
+    coordinates = [shape.rough_outline(2) for shape in SHAPES]
+    image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+
+    def crop(window):
+        return image[window.top:window.top + window.height, window.left:window.left + window.width]
+
+    return LocationWork((WIDTH, HEIGHT), coordinates, [outline_of_coordinates(c) for c in coordinates],
+                        fetch or crop, context=name)
+
+
+class Recorder:
+    """The finish stage: what each call received, in order; fails at `fail_at`."""
+
+    def __init__(self, fail_at: str | None = None):
+        self.finished: list[str] = []
+        self.outcomes: dict[str, list] = {}
+        self.fail_at = fail_at
+
+    def __call__(self, location: LocationWork, outcomes) -> None:
+        if location.context == self.fail_at:
+            raise RuntimeError(f"write-back failed at {location.context}")
+        self.finished.append(location.context)
+        self.outcomes[location.context] = outcomes
+
+
+NAMES = [f"T{t}" for t in range(6)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_location_is_finished_once_in_order_with_every_object(workers):
+    finished = Recorder()
+    progress: list[tuple[str, int]] = []
+    clock = run_pipeline([work(name) for name in NAMES], lambda: OraclePredictor(SHAPES), SETTINGS, finished,
+                         lambda location, done: progress.append((location.context, done)), workers=workers)
+    assert finished.finished == NAMES
+    for name in NAMES:
+        outcomes = finished.outcomes[name]
+        assert len(outcomes) == len(SHAPES)
+        assert all(o.polygon is not None and not o.doubts for o in outcomes)
+        for shape, outcome in zip(SHAPES, outcomes):  # each original gets its own cell
+            assert outcome.polygon.centroid.distance(outcome.polygon.centroid.__class__(shape.centre)) < 0.5
+        counts = [done for location, done in progress if location == name]
+        assert counts == sorted(counts) and counts[-1] == len(SHAPES)
+    assert clock.seconds["outline"] > 0 and clock.seconds["write"] >= 0
+
+
+def test_the_next_location_is_refined_while_one_is_written():
+    """Write-back of a location overlaps the model's work on the next one."""
+    writing, moved_on = threading.Event(), threading.Event()
+    decoded_while_writing = []
+
+    class Watching(OraclePredictor):
+        def decode_low_res(self, boxes):
+            if writing.is_set():
+                decoded_while_writing.append(len(boxes))
+                moved_on.set()
+            return super().decode_low_res(boxes)
+
+    def finish(location, outcomes):
+        # Hold the write of T0 until the model has decoded boxes of a later location.
+        if location.context != "T0":
+            return
+        writing.set()
+        moved_on.wait(timeout=60)
+        writing.clear()
+
+    run_pipeline([work(name) for name in NAMES], lambda: Watching(SHAPES), SETTINGS, finish)
+    assert decoded_while_writing
+
+
+def windows_per_location() -> int:
+    location = work("T0")
+    return len(plan_location((WIDTH, HEIGHT), location.coordinates, location.outlines, RESOLUTION_AUTO).windows)
+
+
+@pytest.mark.parametrize("stage", ["fetch", "model", "write"])
+def test_a_failure_in_any_stage_ends_the_run_after_the_locations_before_it(stage):
+    """T3 fails: T0-T2 are finished (written) in order, nothing after them, and the run
+    raises the failure."""
+    failing = "T3"
+
+    def fetch_of(name):
+        base = work(name).fetch
+
+        def fetch(window):
+            if name == failing:
+                raise ConnectionError("the server went away")
+            return base(window)
+
+        return fetch
+
+    first_window_of_failing = 3 * windows_per_location()
+    encoded = []
+
+    class Model(OraclePredictor):
+        def encode(self, window_image, window):
+            encoded.append(window)
+            if stage == "model" and len(encoded) > first_window_of_failing:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            super().encode(window_image, window)
+
+    locations = [work(name, fetch_of(name) if stage == "fetch" else None) for name in NAMES]
+    finished = Recorder(fail_at=failing if stage == "write" else None)
+    with pytest.raises((ConnectionError, RuntimeError)):
+        run_pipeline(locations, lambda: Model(SHAPES), SETTINGS, finished)
+    assert finished.finished == NAMES[:3]
+
+
+def test_a_cancel_stops_at_once_and_finishes_nothing_after_the_location_being_written():
+    class Cancelled(BaseException):
+        pass
+
+    encoded = []
+
+    class CancelledModel(OraclePredictor):
+        def encode(self, window_image, window):
+            encoded.append(window)
+            if len(encoded) == 30:  # somewhere in T1 or T2, windows of later locations in flight
+                raise Cancelled()
+            super().encode(window_image, window)
+
+    fetched = []
+
+    def counting(name):
+        base = work(name).fetch
+
+        def fetch(window):
+            fetched.append(name)
+            return base(window)
+
+        return fetch
+
+    finished = Recorder()
+    with pytest.raises(Cancelled):
+        run_pipeline([work(name, counting(name)) for name in NAMES], lambda: CancelledModel(SHAPES), SETTINGS,
+                     finished)
+    location_cancelled = NAMES[(30 - 1) // windows_per_location()]
+    assert location_cancelled not in finished.finished
+    assert finished.finished == NAMES[:len(finished.finished)]
+    # Fetching ran ahead of the model, but no further than its bound.
+    assert len(fetched) <= 30 + PREFETCH + FETCH_THREADS
