@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -137,6 +138,16 @@ class Platform:
     @property
     def dataset(self):
         return self.context.dataset
+
+    @property
+    def _images(self):
+        """The SDK's image accessor, asking for each frame's contrast histogram once: it
+        is the same for every window of a frame and channel (the SDK asks per composite)."""
+        images = self.dataset.images
+        if not getattr(images, "_contrast_memo", None):
+            images._contrast_memo = _memoized_contrast(images._contrast_range)
+            images._contrast_range = images._contrast_memo
+        return images
 
     # --- retries -----------------------------------------------------------------
 
@@ -268,7 +279,7 @@ class Platform:
         in [0, 1]; with `max_size`, downsampled by the server so its longer side is at most that."""
         return self._retrying(
             f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
-            lambda: self.dataset.images.get_composite(
+            lambda: self._images.get_composite(
                 xy=location.xy, z=location.z, time=location.time, dtype="float32", max_size=max_size
             ),
         )
@@ -279,7 +290,7 @@ class Platform:
         crop = (window.left, window.top, window.left + window.width, window.top + window.height)
         return self._retrying(
             f"read the image at XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}",
-            lambda: self.dataset.images.get_composite(
+            lambda: self._images.get_composite(
                 xy=location.xy, z=location.z, time=location.time, dtype="float32", max_size=max_size, crop=crop
             ),
         )
@@ -325,6 +336,25 @@ class Platform:
             "delete connections",
             lambda: self._girder.sendRestRequest("DELETE", "annotation_connection/multiple", json=connection_ids),
         )
+
+
+def _memoized_contrast(contrast_range: Callable) -> Callable:
+    """The SDK's `_contrast_range(contrast, frames)`, each answer kept for the job (one
+    histogram request per frame and contrast setting, whichever thread asks first)."""
+    answers: dict = {}
+    lock = threading.Lock()
+
+    def memoized(contrast: dict, frames: list[int]):
+        key = (json.dumps(contrast, sort_keys=True, default=str), tuple(frames))
+        with lock:
+            if key in answers:
+                return answers[key]
+        answer = contrast_range(contrast, frames)
+        with lock:
+            answers.setdefault(key, answer)
+        return answer
+
+    return memoized
 
 
 def _describe(error: Exception) -> str:
