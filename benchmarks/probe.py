@@ -160,31 +160,28 @@ class TimedPredictor:
 
 
 def _instrument_worker(predictor: TimedPredictor) -> None:
-    """Timers around the worker's stage functions (looked up by name at call time)."""
-    from sam2_refine import engine, nimbus, worker, writeback
+    """The worker's own stage clock (sam2_refine.pipeline.StageClock) into ours: outlines
+    and review as "geometry", write-back as "upload", fetching as "fetch_image" (summed
+    over the stages' threads and processes, which overlap)."""
+    from sam2_refine import worker
 
-    targets = [
-        (engine, "_refine_one", "geometry"),
-        (writeback.WriteBack, "write_location", "upload"),
-        (nimbus.Platform, "frame_image", "fetch_image"),
-        (nimbus.Platform, "window_image", "fetch_image"),
-    ]
-    for owner, name, stage in targets:
-        if hasattr(owner, name):
-            setattr(owner, name, CLOCK.wrap(stage, getattr(owner, name)))
-        else:
-            CLOCK.calls[f"missing:{name}"] += 1
-    refine_frame = worker.refine_frame
+    run_pipeline = worker.run_pipeline
 
-    @functools.wraps(refine_frame)
-    def timed_refine_frame(*args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(run_pipeline)
+    def timed_run_pipeline(*args: Any, **kwargs: Any) -> Any:
         with CLOCK.timed("refine"):
             try:
-                return refine_frame(*args, **kwargs)
+                clock = run_pipeline(*args, **kwargs)
             finally:
                 predictor.close_window()
+        for stage, ours in (("outline", "geometry"), ("review", "geometry"), ("write", "upload"),
+                            ("fetch", "fetch_image")):
+            CLOCK.seconds[ours] += clock.seconds.get(stage, 0.0)
+        for stage, seconds in clock.seconds.items():
+            CLOCK.seconds[f"stage:{stage}"] += seconds
+        return clock
 
-    worker.refine_frame = timed_refine_frame
+    worker.run_pipeline = timed_run_pipeline
 
 
 def predictor(checkpoint: Path) -> TimedPredictor:
