@@ -325,7 +325,8 @@ def _refine_location(
             predictor, images, (frame.width, frame.height), [prompt_coordinates(o) for o in todo], settings, progress
         )
         del images
-        outcomes = review_location([original_outline(o) for o in todo], outcomes, params.padding)
+        outcomes = review_location([original_outline(o) for o in todo], outcomes, params.padding,
+                                   frame_size=(frame.width, frame.height))
         refined = decide(todo, outcomes, params.doubtful, tally)
     writer.write_location(location, refined, done)
     tally.finished += len(todo)
