@@ -10,14 +10,15 @@ cut by the frame's edge, each outlined once as people outline them: a box loose 
 of the cell's diameter on each side, or a drawn outline from 15 % inside to 30 % outside
 the cell with a low-frequency wobble. A quarter of the cells are answered as SAM2 errs:
 an inner part (12-30 % of the cell's area), the cell with its touching neighbours, the
-neighbour instead, nothing. Each scene is refined by the engine itself (Auto, smoothing
-0.7) with an oracle answering from the true shapes on SAM2's 256 x 256 grid, then
-reviewed as the worker reviews it. The fit half is seeds 0-39, the held-out half seeds
+neighbour instead, nothing; the right answers carry a mask's own boundary error (up to
+1 px or 2.5 % of the diameter in or out). Each scene is refined by the engine itself
+(Auto, smoothing 0.7) with an oracle answering from the true shapes on SAM2's 256 x 256
+grid, then reviewed as the worker reviews it. The fit half is seeds 0-39, the held-out half seeds
 1000-1039.
 
 The fit, for each signal and kind of original (`fit_linear`): for each pixel allowance
 of a grid, the band of shares of the object's size between the smallest that doubts no
-perfect refinement of the fit half and the next error the signal is for; the threshold
+right answer of the fit half and the next error the signal is for; the threshold
 is the middle of that band. Of the allowances, the one that misses the fewest errors,
 on ties the widest band. The spill check also picks its share outside from a grid.
 """
@@ -27,17 +28,17 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from sam2_refine.engine import Outcome, Reason, RefineSettings, refine_frame
+from sam2_refine.engine import Outcome, RefineSettings, refine_frame
 from sam2_refine.interface import RESOLUTION_AUTO
 from sam2_refine.review import (
-    DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, is_box, mean_gap, original_outline, outline_size, review_location,
+    DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, mean_gap, original_outline, outline_size, review_location,
     unpadded, widest_margin, within_frame,
 )
 from sam2_refine.worker import prompt_coordinates
@@ -119,7 +120,7 @@ def singly_prompted(judged: list[Judged]) -> list[Judged]:
 @dataclass(frozen=True)
 class LinearFit:
     """Doubtful when the signal (pixels) exceeds px + share x size. `gap`: the width (in
-    share) of the band between the perfect refinements and the next error that the
+    share) of the band between the right answers and the next error that the
     threshold sits in the middle of."""
 
     px: float
@@ -223,23 +224,20 @@ def fit_thresholds(judged: list[Judged]) -> tuple[Thresholds, dict[str, object]]
 
 @dataclass
 class Counts:
-    doubted: int = 0
-    perfect: int = 0
-    missed: Counter = None
-    erring: Counter = None
-
-    def __post_init__(self):
-        self.missed, self.erring = Counter(), Counter()
+    doubted: int = 0  # right answers doubtful or missing
+    right: int = 0
+    missed: Counter = field(default_factory=Counter)  # error kind -> erring answers accepted
+    erring: Counter = field(default_factory=Counter)  # error kind -> erring answers
 
 
 def tally(judged: list[Judged]) -> dict[tuple[str, str], Counts]:
-    """Per (original kind, size bin): perfect refinements doubtful or missing, and erring
-    refinements accepted (missed) by error kind."""
+    """Per (original kind, size bin): right answers doubtful or missing, and erring
+    answers accepted (missed) by error kind."""
     table: dict[tuple[str, str], Counts] = defaultdict(Counts)
     for j in singly_prompted(judged):
         counts = table[(j.outline_kind, size_bin(j.diameter))]
         if j.kind == GOOD:
-            counts.perfect += 1
+            counts.right += 1
             counts.doubted += j.doubtful_or_missing
         elif j.kind in ERRORS:
             counts.erring[j.kind] += 1
@@ -271,15 +269,15 @@ def table_rows(table: dict[tuple[str, str], Counts]) -> list[list[str]]:
         for name, _, _ in SIZE_BINS:
             counts = table[(outline_kind, name)]
             missed, erring = sum(counts.missed.values()), sum(counts.erring.values())
-            rows.append([outline_kind, name, _share(counts.doubted, counts.perfect)]
+            rows.append([outline_kind, name, _share(counts.doubted, counts.right)]
                         + [f"{counts.missed[k]} / {counts.erring[k]}" for k in ERRORS] + [_share(missed, erring)])
     total = Counts()
     for counts in table.values():
         total.doubted += counts.doubted
-        total.perfect += counts.perfect
+        total.right += counts.right
         total.missed.update(counts.missed)
         total.erring.update(counts.erring)
-    rows.append(["all", "all", _share(total.doubted, total.perfect)]
+    rows.append(["all", "all", _share(total.doubted, total.right)]
                 + [f"{total.missed[k]} / {total.erring[k]}" for k in ERRORS]
                 + [_share(sum(total.missed.values()), sum(total.erring.values()))])
     return rows
@@ -297,7 +295,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 def separations(judged: list[Judged], thresholds: Thresholds) -> list[str]:
     """Each signal on the held-out half in units of its threshold (1 = the boundary):
-    the largest value among perfect refinements against the errors it is for."""
+    the largest value among right answers against the errors it is for."""
     judged = singly_prompted(judged)
     lines = []
 
@@ -345,9 +343,9 @@ def main(arguments: list[str]) -> None:
         print(f"fitted on seeds {FIT_SEEDS.start}-{FIT_SEEDS.stop - 1}:")
         for name, detail in details.items():
             print(f"  {name}: {detail}")
-        for field in fields(Thresholds):
-            value, current = getattr(fitted, field.name), getattr(DEFAULT_THRESHOLDS, field.name)
-            print(f"  {field.name} = {value}" + ("" if value == current else f"   (review.py has {current})"))
+        for parameter in fields(Thresholds):
+            value, current = getattr(fitted, parameter.name), getattr(DEFAULT_THRESHOLDS, parameter.name)
+            print(f"  {parameter.name} = {value}" + ("" if value == current else f"   (review.py has {current})"))
         return
     judged = judge(HELD_OUT_SEEDS)
     print(f"held out: seeds {HELD_OUT_SEEDS.start}-{HELD_OUT_SEEDS.stop - 1}, {len(judged)} originals, "

@@ -1,15 +1,18 @@
 """Real-looking cells, the rough originals users draw of them, and the ways SAM2 errs.
 
-A cell is an irregular star-shaped outline (a radius with a few low harmonics), 8-60 px
-across. Its *field* is positive inside and zero on the outline, with slope about 1 px
-per px near it, so an oracle can answer a box prompt with it as mask logits.
+A cell is a star-shaped outline about its centre: an ellipse (of area pi r^2) with a few
+low harmonics. Its *field* is positive inside and zero on the outline, with slope about
+1 px per px near it, so an oracle can answer a box prompt with it as mask logits.
 
-A scene packs cells into a frame, many of them touching a neighbour, and gives each
-cell a rough original: a box 1-3 px loose (`rectangle` or a 4-vertex `polygon`), or a
-hand-drawn outline a little inside or outside the cell. A quarter of the cells get a
-wrong answer, as SAM2 gives them: the cell with its neighbour (neighbour-grabbing), an
-inner part (the nucleus), the neighbour instead, or nothing. Some cells get a second
-original (two prompts on one cell). All coordinates are image pixels, x = column.
+`calibration_scene` packs cells 8-150 px across of three shape families into a frame,
+touching, isolated and cut by the frame's edge, and outlines each as people do: a box
+loose by 0-30 % of the cell's diameter on each side (`rectangle` or a 4-vertex
+`polygon`), or a drawn outline from 15 % inside to 30 % outside the cell with a
+low-frequency wobble. A quarter of the cells get a wrong answer, as SAM2 gives them: an
+inner part (the nucleus), the cell with its touching neighbours, the neighbour instead,
+or nothing. Some cells get a second original (two prompts on one cell).
+`random_cell` and `rough_original` make the small cells and tight originals of other
+tests. All coordinates are image pixels, x = column.
 """
 
 from __future__ import annotations
@@ -168,41 +171,6 @@ def random_cell(rng: np.random.Generator, cx: float, cy: float, radius: float) -
     return Cell(float(cx), float(cy), float(radius), harmonics)
 
 
-def _fits(candidate: Cell, cells: list[Cell], width: int, height: int) -> bool:
-    outline = candidate.outline(72)
-    x0, y0, x1, y1 = outline.bounds
-    if x0 < 6 or y0 < 6 or x1 > width - 6 or y1 > height - 6:
-        return False
-    for other in cells:
-        if math.dist(other.centre, candidate.centre) > 2.6 * (other.radius + candidate.radius):
-            continue
-        if outline.intersection(other.outline(72)).area > 0.01 * min(outline.area, other.outline(72).area):
-            return False
-    return True
-
-
-def pack_cells(rng: np.random.Generator, width: int, height: int, count: int) -> list[Cell]:
-    """`count` cells 8-60 px across; about half placed touching an earlier one."""
-    cells: list[Cell] = []
-    for _ in range(count * 60):
-        if len(cells) == count:
-            break
-        radius = float(np.exp(rng.uniform(np.log(4.0), np.log(30.0))))
-        if cells and rng.random() < 0.6:
-            # Neighbours in a cluster are of similar size.
-            anchor = cells[int(rng.integers(len(cells)))]
-            radius = float(np.clip(anchor.radius * rng.uniform(0.7, 1.4), 4.0, 30.0))
-            angle = rng.uniform(0, 2 * np.pi)
-            distance = (anchor.radius + radius) * 1.12 + rng.uniform(0.0, 1.5)
-            cx, cy = anchor.cx + distance * np.cos(angle), anchor.cy + distance * np.sin(angle)
-        else:
-            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        candidate = random_cell(rng, cx, cy, radius)
-        if _fits(candidate, cells, width, height):
-            cells.append(candidate)
-    return cells
-
-
 def loose_box(rng: np.random.Generator, cell: Cell) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = cell.outline().bounds
     slack = rng.uniform(1.0, 3.0, size=4)
@@ -230,52 +198,6 @@ def rough_original(rng: np.random.Generator, cell: Cell) -> tuple[str, list[dict
     if choice < 0.5:
         return "polygon", box_coordinates(*loose_box(rng, cell))
     return "polygon", hand_drawn(rng, cell)
-
-
-def _nearest_neighbour(cells: list[Cell], index: int) -> tuple[int, float]:
-    """The cell of similar size (radius within 0.6-1.6 x) whose outline is closest to
-    cell `index`, and that gap in pixels: the neighbour SAM2 confuses with it."""
-    cell = cells[index]
-    outline = cell.outline(72)
-    gaps = [
-        (outline.distance(other.outline(72)), j)
-        for j, other in enumerate(cells)
-        if j != index and math.dist(other.centre, cell.centre) < 3 * (other.radius + cell.radius)
-        and 0.6 <= other.radius / cell.radius <= 1.6
-    ]
-    if not gaps:
-        return -1, math.inf
-    gap, j = min(gaps)
-    return j, gap
-
-
-def make_scene(seed: int, width: int = 512, height: int = 512, count: int = 40,
-               error_share: float = 0.25, second_prompts: int = 3) -> Scene:
-    rng = np.random.default_rng(seed)
-    scene = Scene(width, height, pack_cells(rng, width, height, count))
-    cells = scene.cells
-    erring = set(rng.choice(len(cells), size=round(error_share * len(cells)), replace=False).tolist())
-    for index, cell in enumerate(cells):
-        shape, coordinates = rough_original(rng, cell)
-        kind, answer = GOOD, cell
-        if index in erring:
-            neighbour, gap = _nearest_neighbour(cells, index)
-            options = [INNER, EMPTY] + ([GRAB, WRONG] if gap < 3.0 else [])
-            kind = options[int(rng.integers(len(options)))]
-            if kind == GRAB:
-                answer = Union((cell, cells[neighbour]))
-            elif kind == WRONG:
-                answer = cells[neighbour]
-            elif kind == INNER:
-                answer = Cell(cell.cx, cell.cy, cell.radius, cell.harmonics, float(rng.uniform(0.35, 0.6)))
-            else:
-                answer = Nothing()
-        scene.originals.append(Original(index, shape, coordinates, kind, answer))
-    good = [i for i in range(len(cells)) if i not in erring]
-    for index in rng.choice(good, size=min(second_prompts, len(good)), replace=False):
-        shape, coordinates = rough_original(rng, cells[int(index)])
-        scene.originals.append(Original(int(index), shape, coordinates, SECOND, cells[int(index)]))
-    return scene
 
 
 # --- The calibration set: cells of many sizes and shapes, outlined as people outline them --
