@@ -18,8 +18,10 @@ edge runs):
 - a drawn outline: the refinement may not spill far past it, and the outline may not lie,
   on average along the refinement's edge, farther outside it than people draw.
 
-An original is judged clipped to the image, as the refinement is, and the refinement's
-edge along the image's edge counts for nothing (the cell goes on beyond it).
+An original is judged clipped to the image, as the refinement is; the refinement's edge
+along the image's edge counts for nothing (the cell goes on beyond it), and a refinement
+that reaches the image's edge is not judged by its box's margins (how large the cell is,
+so how loose its box may be, is unknown there).
 
 All geometry is in image pixels (x = column, y = row). The thresholds are fitted by
 `python -m tests.calibration` on synthetic cells 8-150 px across outlined as people
