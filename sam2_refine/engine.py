@@ -177,13 +177,15 @@ class Prompt:
     zone_bounds: tuple[float, float, float, float] | None
 
 
-def make_prompt(owner: int, box: Box, original: Polygon | None) -> Prompt:
+def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int]) -> Prompt:
+    """`original` is judged as the review judges it: clipped to the image."""
+    original = review.within_frame(original, frame_size)
     if original is None:
         return Prompt(owner, box, None, None)
     # A round buffer's bounds are the original's, grown by the buffer distance.
-    looseness = review.allowed_looseness(original)
+    growth = review.spill_growth(original)
     x0, y0, x1, y1 = original.bounds
-    return Prompt(owner, box, original, (x0 - looseness, y0 - looseness, x1 + looseness, y1 + looseness))
+    return Prompt(owner, box, original, (x0 - growth, y0 - growth, x1 + growth, y1 + growth))
 
 
 def _to_window(area: tuple[float, float, float, float], window: Window) -> Region:
@@ -298,7 +300,7 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
             # What lies beyond adds only area outside the zone: if the part read already
             # spills, the whole mask does.
             partial = _outline(field, piece, region, window)
-            if partial is not None and review.spills(partial, zone):
+            if partial is not None and review.spills(partial, prompt.original, zone):
                 spilled = True
                 break
         seed_row, seed_col = np.unravel_index(np.argmax(np.where(piece, field, -np.inf)), field.shape)
@@ -332,7 +334,7 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
     return Outcome(polygon, doubts=doubts, found=found, cut=bool(doubts))
 
 
-def _judged(outcome: Outcome, task: ObjectTask, span: float) -> Outcome:
+def _judged(outcome: Outcome, task: ObjectTask, span: float, zone: Polygon | None) -> Outcome:
     """`outcome` with the review's doubts about it on its own. An object spanning `span`
     mask pixels is too coarse at this resolution below COARSE_SPAN, and its size doubts are
     put down to the resolution below SIZE_BLUR_SPAN: then TOO_COARSE comes first."""
@@ -340,7 +342,7 @@ def _judged(outcome: Outcome, task: ObjectTask, span: float) -> Outcome:
     if outcome.polygon is None:
         return Outcome(None, Reason.TOO_COARSE) if span < COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS) \
             else outcome
-    doubts = review.object_doubts(outcome, task.prompt.original)
+    doubts = review.object_doubts(outcome, task.prompt.original, task.frame_size, zone)
     if span < COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
         doubts = [Reason.TOO_COARSE] + [reason for reason in doubts if reason not in SIZE_REASONS]
     return replace(outcome, doubts=tuple(doubts))
@@ -354,14 +356,14 @@ def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     coarse = span < COARSE_SPAN
     primary = _judged(
         replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou, object_score=task.object_score),
-        task, span,
+        task, span, zone,
     )
     if primary.accepted or coarse or not task.candidates:
         return primary
     for k in sorted(range(len(task.candidates)), key=lambda k: -task.candidate_iou[k]):
         alternative = replace(trace(task, task.candidates[k], settings, zone),
                               predicted_iou=task.candidate_iou[k], object_score=task.object_score)
-        alternative = _judged(alternative, task, span)
+        alternative = _judged(alternative, task, span, zone)
         if alternative.accepted:
             return replace(alternative, recovered=why_not_accepted(primary))
     return primary
@@ -438,12 +440,12 @@ def plan_location(
         if isinstance(box, Reason):
             outcomes[owner] = Outcome(None, box)
         else:
-            prompts.append(make_prompt(owner, box, original))
+            prompts.append(make_prompt(owner, box, original, frame_size))
     windows = [
         (window, [prompts[i] for i in members])
         for window, members in plan_windows([p.box for p in prompts], width, height, resolution)
     ]
-    return LocationPlan(frame_size, outcomes, list(originals), windows)
+    return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], windows)
 
 
 def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = ()) -> list[Outcome]:

@@ -24,7 +24,9 @@ FINISH_GRACE seconds have passed.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -46,6 +48,7 @@ MAX_OBJECTS_IN_FLIGHT = 512
 FINISH_QUEUE = 2           # locations settled or being settled, waiting to be finished
 FINISH_GRACE = 5.0         # seconds a cancel waits for the location being written
 POLL = 0.2                 # seconds between checks for a stop while waiting on a stage
+WATCH_SECONDS = 0.5        # how often an outline process checks that the worker is still there
 
 
 @dataclass
@@ -137,6 +140,36 @@ def _ready() -> None:
     """A no-op for each outline process, so they start while the model loads."""
 
 
+def _start_outline_process(worker_pid: int) -> None:
+    """An outline process ends when the worker does, even when the worker is killed
+    outright (its pool's queues would wait for it forever: the processes hold each other's
+    ends of them); ^C is the worker's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while not _gone(worker_pid):
+            time.sleep(WATCH_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has ended: no longer there, or (Linux) dead but not yet
+    reaped by its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
 def outline_executor(workers: int) -> Executor:
     """`workers` processes for the outline stage (in line when 1). They are forked from a
     fresh server process that has imported the engine (never from this process, whose
@@ -147,7 +180,8 @@ def outline_executor(workers: int) -> Executor:
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload(["sam2_refine.engine"])
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_outline_process,
+                                   initargs=(os.getpid(),))
     for _ in range(workers):
         executor.submit(_ready)
     return executor

@@ -3,14 +3,29 @@
 SAM2 errs on cells in known ways: a box prompt grabs the neighbouring cells too, keeps
 only an inner part (the nucleus), segments the neighbour, or finds nothing. Each of
 these leaves a trace that needs no trust in the model: the refined outline lies far
-outside its original, is much smaller than it, or covers another object's refined
-outline. A refinement with any such trace is *doubtful*, and a doubtful refinement
-never replaces its original.
+outside its original, leaves much of the original empty, or covers another object's
+refined outline. A refinement with any such trace is *doubtful*, and a doubtful
+refinement never replaces its original.
 
-All geometry is in image pixels (x = column, y = row). The thresholds come from
-`python -m tests.measure_review` (synthetic irregular cells 8-60 px across, rough
-originals as users draw them, and SAM2's typical errors); README "Guarantees" quotes
-the figures.
+A rough original is normal, not a trace: people draw boxes loose (up to ~30 % of the
+cell's diameter on a side) and outlines a little inside or well outside the cell. So each
+allowance grows with the object, and a box (which says only where the cell's extremes
+lie, within its sides) is judged differently from a drawn outline (which says where its
+edge runs):
+
+- a box: the refinement may not spill far past the box's sides, and no side of the box
+  may lie farther from the refinement than people leave around a cell of its size;
+- a drawn outline: the refinement may not spill far past it, and the outline may not lie,
+  on average along the refinement's edge, farther outside it than people draw.
+
+An original is judged clipped to the image, as the refinement is; the refinement's edge
+along the image's edge counts for nothing (the cell goes on beyond it), and a refinement
+that reaches the image's edge is not judged by its box's margins (how large the cell is,
+so how loose its box may be, is unknown there).
+
+All geometry is in image pixels (x = column, y = row). The thresholds are fitted by
+`python -m tests.calibration` on synthetic cells 8-150 px across outlined as people
+outline them, and reported on a held-out half; README "Guarantees" quotes the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import shapely
 from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
@@ -25,25 +41,31 @@ from shapely.strtree import STRtree
 from .outcome import Outcome, Reason
 from .geometry import coordinates_to_points
 
-
-# Rough originals are this loose, in pixels, without being wrong: a box 1-3 px loose
-# around the cell, or a hand-drawn outline a little inside or outside it.
-LOOSENESS_PX = 3.0
+FrameSize = tuple[int, int]  # (width, height), image pixels
+_ON_EDGE = 1e-6  # pixels: a coordinate this close to the image's edge lies on it
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    # How far a refined outline may reach past its original: LOOSENESS_PX plus this share
-    # of the original's equivalent diameter (hand-drawn outlines of big cells wander more).
-    looseness_share: float = 0.1
-    # Doubtful when more than this share of the refined area lies outside the original
-    # grown by the allowed looseness.
-    max_outside_share: float = 0.2
-    # Doubtful when the refined area is less than this share of the smallest cell the
-    # original can mean (`smallest_cell_area`).
-    min_area_share: float = 0.7
-    drawn_slop_px: float = 1.5
-    drawn_slop_share: float = 0.05
+    """Where a refinement becomes doubtful. `*_px` are pixels; `*_share` are shares of a
+    size: an original's or a refinement's `outline_size`."""
+
+    # Spills outside: more than `*_outside_share` of the refined area lies outside the
+    # original grown by `*_growth_px` + `*_growth_share` x the original's size.
+    box_growth_px: float = 0.0
+    box_growth_share: float = 0.07
+    box_outside_share: float = 0.05
+    drawn_growth_px: float = 1.0
+    drawn_growth_share: float = 0.17
+    drawn_outside_share: float = 0.05
+    # Much smaller (a box): a side of the box lies farther from the refinement than
+    # `box_margin_px` + `box_margin_share` x the refinement's size.
+    box_margin_px: float = 1.5
+    box_margin_share: float = 0.42
+    # Much smaller (a drawn outline): the outline lies farther outside the refinement, on
+    # average along the refinement's edge, than `drawn_gap_px` + `drawn_gap_share` x its size.
+    drawn_gap_px: float = 1.5
+    drawn_gap_share: float = 0.17
     # Two refined outlines overlap when their intersection exceeds this share of the smaller.
     max_overlap_share: float = 0.5
     # SAM2's own scores, when the predictor gives them. SAM2 itself treats an object
@@ -75,8 +97,11 @@ ADVICE = {
         "They span only a few of SAM2's mask pixels at this resolution (its masks are 256 x 256 "
         "pixels over what it sees); use Resolution 'Auto', which looks closer at small objects."
     ),
-    Reason.SPILLS_OUTSIDE: "SAM2 probably took in neighbouring cells.",
-    Reason.MUCH_SMALLER: "SAM2 probably kept only an inner part of the cell.",
+    Reason.SPILLS_OUTSIDE: "SAM2 probably took in neighbouring cells, or outlined a neighbour instead.",
+    Reason.MUCH_SMALLER: (
+        "SAM2 probably kept only an inner part of the cell (or a smaller object inside the outline): "
+        "the original leaves more room around it than people leave around a cell."
+    ),
     Reason.OVERLAPS_ANOTHER: "Two originals probably outline the same cell.",
     Reason.LOW_PREDICTED_IOU: "SAM2 itself rated its mask as poor.",
     Reason.NO_OBJECT: "SAM2 itself saw no object in the box.",
@@ -108,57 +133,111 @@ def original_outline(document: dict) -> Polygon | None:
     return outline if outline is not None and outline.area > 0 else None
 
 
+def _largest_polygon(shape) -> Polygon | None:
+    parts = [shape] if isinstance(shape, Polygon) else [g for g in getattr(shape, "geoms", []) if isinstance(g, Polygon)]
+    parts = [part for part in parts if not part.is_empty and part.area > 0]
+    return max(parts, key=lambda part: part.area) if parts else None
+
+
+def within_frame(outline: Polygon | None, frame_size: FrameSize | None) -> Polygon | None:
+    """The part of an outline inside the image, as a refinement is clipped; None if none.
+    Unchanged without a frame size."""
+    if outline is None or frame_size is None:
+        return outline
+    width, height = frame_size
+    x0, y0, x1, y1 = outline.bounds
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return outline
+    return _largest_polygon(outline.intersection(box(0, 0, width, height)))
+
+
 def equivalent_diameter(outline: Polygon) -> float:
     return 2.0 * math.sqrt(outline.area / math.pi)
 
 
-def allowed_looseness(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
-    """How far (pixels) a refined outline may reach past its rough original."""
-    return LOOSENESS_PX + thresholds.looseness_share * equivalent_diameter(original)
-
-
-def allowed_zone(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Polygon:
-    """Where a refined outline may lie without spilling: the original grown by its looseness."""
-    return original.buffer(allowed_looseness(original, thresholds))
-
-
-def spills(refined: Polygon, zone: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
-    """Whether more than the allowed share of `refined` lies outside `zone` (`allowed_zone`)."""
-    return refined.area > 0 and refined.difference(zone).area > thresholds.max_outside_share * refined.area
-
-
-def outside_share(refined: Polygon, original: Polygon, looseness: float) -> float:
-    """The share of the refined area outside the original grown by `looseness`."""
-    if refined.area <= 0:
-        return 0.0
-    return refined.difference(original.buffer(looseness)).area / refined.area
+def outline_size(outline: Polygon) -> float:
+    """An outline's size (pixels): the largest of its width, height and equivalent
+    diameter. The extent keeps an elongated cell, or one cut by the image's edge, at the
+    size of its long axis."""
+    x0, y0, x1, y1 = outline.bounds
+    return max(x1 - x0, y1 - y0, equivalent_diameter(outline))
 
 
 def is_box(original: Polygon) -> bool:
     """An axis-aligned rectangle (a rectangle annotation, or a polygon drawn as a box)."""
     x0, y0, x1, y1 = original.bounds
-    return len(original.exterior.coords) <= 5 and original.area >= 0.99 * (x1 - x0) * (y1 - y0)
+    return original.area >= 0.99 * (x1 - x0) * (y1 - y0)
 
 
-def smallest_cell_area(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
-    """The area of the smallest cell a rough original can mean (pixels²).
+def outside_share(refined: Polygon, original: Polygon, growth: float) -> float:
+    """The share of the refined area outside the original grown by `growth` pixels."""
+    if refined.area <= 0:
+        return 0.0
+    return refined.difference(original.buffer(growth)).area / refined.area
 
-    A box may be LOOSENESS_PX loose on every side, and a cell fills about pi/4 of its
-    box; a drawn outline may lie a little outside the cell (`drawn_slop_px` plus
-    `drawn_slop_share` of its equivalent diameter). Never below a tenth of the original.
-    """
+
+def spill_growth(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
+    """How far (pixels) past its original a refinement may reach without spilling."""
     if is_box(original):
-        x0, y0, x1, y1 = original.bounds
-        area = max(x1 - x0 - 2 * LOOSENESS_PX, 0.0) * max(y1 - y0 - 2 * LOOSENESS_PX, 0.0) * math.pi / 4
-    else:
-        slop = thresholds.drawn_slop_px + thresholds.drawn_slop_share * equivalent_diameter(original)
-        area = original.buffer(-slop).area
-    return max(area, 0.1 * original.area)
+        return thresholds.box_growth_px + thresholds.box_growth_share * outline_size(original)
+    return thresholds.drawn_growth_px + thresholds.drawn_growth_share * outline_size(original)
 
 
-def area_share(refined: Polygon, original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
-    """The refined area over the smallest cell the original can mean."""
-    return refined.area / smallest_cell_area(original, thresholds)
+def allowed_zone(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Polygon:
+    """Where a refinement may lie without spilling: the original grown by `spill_growth`."""
+    return original.buffer(spill_growth(original, thresholds))
+
+
+def spills(
+    refined: Polygon, original: Polygon, zone: Polygon | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS
+) -> bool:
+    """Whether more of `refined` lies outside the original's `allowed_zone` (given, or
+    made here) than the original's kind allows."""
+    if refined.area <= 0:
+        return False
+    limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
+    zone = allowed_zone(original, thresholds) if zone is None else zone
+    return refined.difference(zone).area > limit * refined.area
+
+
+def cut_by_frame(refined: Polygon, frame_size: FrameSize | None) -> bool:
+    """Whether the refinement reaches the image's edge (the cell may go on beyond it)."""
+    if frame_size is None:
+        return False
+    width, height = frame_size
+    x0, y0, x1, y1 = refined.bounds
+    return x0 <= _ON_EDGE or y0 <= _ON_EDGE or x1 >= width - _ON_EDGE or y1 >= height - _ON_EDGE
+
+
+def widest_margin(refined: Polygon, original: Polygon) -> float:
+    """The largest distance (pixels) from a side of the original's box in to the
+    refinement's extreme on that side; negative where the refinement reaches past it."""
+    rx0, ry0, rx1, ry1 = refined.bounds
+    ox0, oy0, ox1, oy1 = original.bounds
+    return max(rx0 - ox0, ry0 - oy0, ox1 - rx1, oy1 - ry1)
+
+
+def free_edge_length(refined: Polygon, frame_size: FrameSize | None) -> float:
+    """The length of the refinement's outline that does not run along the image's edge."""
+    if frame_size is None:
+        return refined.exterior.length
+    width, height = frame_size
+    points = np.asarray(refined.exterior.coords)
+    start, stop = points[:-1], points[1:]
+    on_edge = np.zeros(len(start), dtype=bool)
+    for axis, limit in ((0, 0.0), (0, float(width)), (1, 0.0), (1, float(height))):
+        on_edge |= (np.abs(start[:, axis] - limit) < _ON_EDGE) & (np.abs(stop[:, axis] - limit) < _ON_EDGE)
+    lengths = np.hypot(*(stop - start).T)
+    return float(lengths[~on_edge].sum())
+
+
+def mean_gap(refined: Polygon, original: Polygon, frame_size: FrameSize | None = None) -> float:
+    """How far (pixels) a drawn original lies outside the refinement on average along the
+    refinement's edge: the original's area outside the refinement per unit of the
+    refinement's free edge (`free_edge_length`). A disc drawn d px too wide: d + d^2 / 2r."""
+    length = free_edge_length(refined, frame_size)
+    empty = original.difference(refined).area
+    return empty / length if length > 0 else math.inf
 
 
 def score_doubts(outcome: Outcome, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Reason]:
@@ -170,27 +249,52 @@ def score_doubts(outcome: Outcome, thresholds: Thresholds = DEFAULT_THRESHOLDS) 
     return doubts
 
 
-def shape_doubts(refined: Polygon, original: Polygon | None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Reason]:
+def shape_doubts(
+    refined: Polygon,
+    original: Polygon | None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    frame_size: FrameSize | None = None,
+    zone: Polygon | None = None,
+) -> list[Reason]:
+    """The shape signals of one refinement (unpadded, clipped to the image) against its
+    original (as `original_outline` gives it; clipped here to the image when `frame_size`,
+    (width, height), is given). `zone`: the clipped original's `allowed_zone`, if made."""
+    original = within_frame(original, frame_size)
     if original is None:
         return []
-    looseness = allowed_looseness(original, thresholds)
     doubts = []
-    if outside_share(refined, original, looseness) > thresholds.max_outside_share:
+    box_like = is_box(original)
+    if spills(refined, original, zone, thresholds):
         doubts.append(Reason.SPILLS_OUTSIDE)
-    if area_share(refined, original, thresholds) < thresholds.min_area_share:
+    size = outline_size(refined)
+    if box_like:
+        # A box is drawn about the whole cell; where the image's edge cuts the cell, how
+        # large it is (so how loose the box may be) is unknown.
+        smaller = not cut_by_frame(refined, frame_size) and (
+            widest_margin(refined, original) > thresholds.box_margin_px + thresholds.box_margin_share * size)
+    else:
+        smaller = mean_gap(refined, original, frame_size) > thresholds.drawn_gap_px + thresholds.drawn_gap_share * size
+    if smaller:
         doubts.append(Reason.MUCH_SMALLER)
     return doubts
 
 
-def object_doubts(outcome: Outcome, original: Polygon | None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Reason]:
+def object_doubts(
+    outcome: Outcome,
+    original: Polygon | None,
+    frame_size: FrameSize | None = None,
+    zone: Polygon | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> list[Reason]:
     """Every doubt about one refinement on its own (the engine's, SAM2's scores, the shape
-    checks against its original), in the order found; none for a skip. Pure: this is what
-    the engine applies to each of SAM2's masks for an object to choose among them."""
+    checks against its original), in the order found; none added to a skip. Pure: the
+    engine applies it to each of SAM2's masks for an object to choose among them. The
+    refinement judged is SAM2's outline before padding (`Outcome.outline_found`)."""
     found = list(outcome.doubts)
     polygon = outcome.outline_found
     if polygon is None:
         return found
-    for reason in score_doubts(outcome, thresholds) + shape_doubts(polygon, original, thresholds):
+    for reason in score_doubts(outcome, thresholds) + shape_doubts(polygon, original, thresholds, frame_size, zone):
         if reason not in found:
             found.append(reason)
     return found
@@ -243,16 +347,24 @@ def overlap_doubts(
     return doubtful
 
 
-def unpadded(polygon: Polygon | None, padding: float) -> Polygon | None:
+def unpadded(polygon: Polygon | None, padding: float, frame_size: FrameSize | None = None) -> Polygon | None:
     """The refined outline before the user's padding (pixels): the checks compare what
-    SAM2 found, not the growth the user asked for."""
+    SAM2 found, not the growth the user asked for. Where the padded outline was clipped
+    at the image's edge, that edge stays where it is (the cell went on beyond it)."""
     if polygon is None or padding == 0:
         return polygon
-    shape = polygon.buffer(-padding)
-    if shape.is_empty:
-        return polygon
-    parts = [shape] if isinstance(shape, Polygon) else [g for g in shape.geoms if isinstance(g, Polygon)]
-    return max(parts, key=lambda part: part.area) if parts else polygon
+    shape = polygon
+    if frame_size is not None and padding > 0:
+        width, height = frame_size
+        # Outside the image counts as inside the outline, so erosion starts only from
+        # the outline's edges within the image.
+        beyond = box(-padding - 1, -padding - 1, width + padding + 1, height + padding + 1).difference(
+            box(0, 0, width, height))
+        shape = polygon.union(beyond)
+    shape = shape.buffer(-padding)
+    if frame_size is not None:
+        shape = shape.intersection(box(0, 0, *frame_size))
+    return _largest_polygon(shape) or polygon
 
 
 def review_location(
@@ -261,14 +373,18 @@ def review_location(
     padding: float = 0.0,
     accepted_elsewhere: list[Polygon] = (),
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    frame_size: FrameSize | None = None,
 ) -> list[Outcome]:
     """The outcomes of one location with every doubt added (skips are left as they are).
-    `padding` is the user's Padding, which the outcomes' polygons include; an outcome that
-    carries SAM2's outline before padding (`found`) is judged on that."""
-    refined = [outcome.found if outcome.found is not None else unpadded(outcome.polygon, padding)
+    `padding` is the user's Padding, which the outcomes' polygons include (an outcome
+    carrying SAM2's outline before padding, `found`, is judged on that); `frame_size` is
+    the image's (width, height), to which originals are clipped as refinements are."""
+    originals = [within_frame(original, frame_size) for original in originals]
+    refined = [outcome.found if outcome.found is not None else unpadded(outcome.polygon, padding, frame_size)
                for outcome in outcomes]
-    doubts = [object_doubts(replace(outcome, found=polygon), original, thresholds) if polygon is not None
-              else list(outcome.doubts) for original, outcome, polygon in zip(originals, outcomes, refined)]
+    doubts = [object_doubts(replace(outcome, found=polygon), original, frame_size, thresholds=thresholds)
+              if polygon is not None else list(outcome.doubts)
+              for original, outcome, polygon in zip(originals, outcomes, refined)]
     return with_overlap_doubts(outcomes, refined, doubts, originals, accepted_elsewhere, thresholds)
 
 
@@ -281,8 +397,8 @@ def with_overlap_doubts(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[Outcome]:
     """`outcomes` with their per-object `doubts` and the overlap check of the location:
-    `refined` are the outlines judged (before padding), `accepted_elsewhere` outlines an
-    earlier run accepted at this location."""
+    `refined` are the outlines judged (before padding), `originals` the originals (clipped
+    to the image), `accepted_elsewhere` outlines an earlier run accepted at this location."""
     ranking = [
         (bool(doubts[i]), -_agreement(polygon, originals[i]) if polygon is not None else 0.0, i)
         for i, polygon in enumerate(refined)

@@ -136,6 +136,7 @@ class Tally:
     skipped: Counter = field(default_factory=Counter)  # Reason -> count
     doubtful: Counter = field(default_factory=Counter)  # primary Reason -> count
     recovered: Counter = field(default_factory=Counter)  # the primary mask's Reason -> count
+    cut_kept: int = 0  # doubtful, accepted anyway, but cut where SAM2's mask went on: kept for review
 
 
 def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally) -> list[Refined]:
@@ -155,6 +156,7 @@ def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: T
             if policy == ui.DOUBTFUL_SKIP:
                 continue
         tagged = doubtful and (policy == ui.DOUBTFUL_TAG or outcome.cut)
+        tally.cut_kept += doubtful and policy == ui.DOUBTFUL_ACCEPT and outcome.cut
         refined.append(Refined(original, outcome.polygon, tagged))
     return refined
 
@@ -173,6 +175,9 @@ def _doubtful_summary(tally: Tally, policy: str) -> str:
         ui.DOUBTFUL_ACCEPT: "accepted anyway",
         ui.DOUBTFUL_SKIP: "not saved, originals kept",
     }[policy]
+    if tally.cut_kept:
+        outcome += (f" but {tally.cut_kept} cut where SAM2's mask went on (tagged '{ui.REVIEW_TAG}', "
+                    "originals kept)")
     return f"{count} doubtful ({reasons}), {outcome}"
 
 
