@@ -131,12 +131,17 @@ class Tally:
     doubtful: Counter = field(default_factory=Counter)  # primary Reason -> count
 
 
-def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally) -> list[Refined]:
-    """What to save for each reviewed outcome under the user's doubtful-refinement policy."""
+def decide(
+    originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally, reporter: Reporter | None = None
+) -> list[Refined]:
+    """What to save for each reviewed outcome under the user's doubtful-refinement policy;
+    each skipped original is named in the job log, with its reason."""
     refined = []
     for original, outcome in zip(originals, outcomes):
         if outcome.polygon is None:
             tally.skipped[outcome.reason] += 1
+            if reporter is not None:
+                reporter.log(f"skipped {original['_id']}: {outcome.reason}")
             continue
         doubtful = bool(outcome.doubts)
         if doubtful:
@@ -326,7 +331,7 @@ def _refine_location(
         )
         del images
         outcomes = review_location([original_outline(o) for o in todo], outcomes, params.padding)
-        refined = decide(todo, outcomes, params.doubtful, tally)
+        refined = decide(todo, outcomes, params.doubtful, tally, reporter)
     writer.write_location(location, refined, done)
     tally.finished += len(todo)
     reporter.progress(
