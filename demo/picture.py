@@ -107,13 +107,15 @@ def draw_decision(pen: ImageDraw.ImageDraw, decision: Decision, scale: float, or
         dashed(pen, refined, DOUBTFUL_COLOUR, thick, dash=5 * thick, gap=3 * thick)
 
 
-def panel(base: Image.Image, heading: str) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+def panel(base: Image.Image) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     image = base.resize((base.width * PANEL_SCALE, base.height * PANEL_SCALE), Image.NEAREST)
-    pen = ImageDraw.Draw(image)
-    box = pen.textbbox((10, 8), heading, font=font(22))
+    return image, ImageDraw.Draw(image)
+
+
+def heading(pen: ImageDraw.ImageDraw, text: str) -> None:
+    box = pen.textbbox((10, 8), text, font=font(22))
     pen.rectangle([box[0] - 6, box[1] - 4, box[2] + 6, box[3] + 4], fill=(0, 0, 0))
-    pen.text((10, 8), heading, fill=PAPER, font=font(22))
-    return image, pen
+    pen.text((10, 8), text, fill=PAPER, font=font(22))
 
 
 def inset_origin(decisions: Sequence[Decision], width: int, height: int) -> tuple[int, int]:
@@ -191,12 +193,14 @@ def draw_decisions(
 ) -> None:
     """Write the picture to `path`; `rgb` is the (H, W, 3) uint8 image the outlines lie on."""
     base = Image.fromarray(rgb)
-    before, before_pen = panel(base, f"Before: {len(decisions)} rough outlines (input)")
+    before, before_pen = panel(base)
     for decision in decisions:
         solid(before_pen, scaled(decision.original, PANEL_SCALE), ORIGINAL_COLOUR, 2)
-    after, after_pen = panel(base, "After: what the job saved, by outcome")
+    heading(before_pen, f"Before: {len(decisions)} rough outlines (input)")
+    after, after_pen = panel(base)
     for decision in decisions:
         draw_decision(after_pen, decision, PANEL_SCALE, (0.0, 0.0), label=True)
+    heading(after_pen, "After: what the job saved, by outcome")
     origin = inset_origin(decisions, base.width, base.height)
     zoomed = inset(base, decisions, origin)
     frame = [origin[0] * PANEL_SCALE, origin[1] * PANEL_SCALE,

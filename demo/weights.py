@@ -108,7 +108,7 @@ def real_weights() -> DemoWeights:
     found = official_checkpoint_dir()
     if found is not None:
         names = sorted(name for name in OFFICIAL_CONFIGS if (found / name).is_file())
-        return DemoWeights(found, f"{', '.join(names)} in {found}")
+        return DemoWeights(found, f"{', '.join(names)} found in {found}, nothing to download")
     weights = load_download_script()
     checkpoint = weights.CHECKPOINTS[DEMO_MODEL]
     print(

@@ -69,7 +69,7 @@ def verify_checkpoint(path: Path, config: str) -> None:
     try:
         build_sam2(config, str(path), device="cpu")
     except Exception as error:  # torch/zip/Hydra errors all mean "not usable"
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        first_line = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]
         cause = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
         raise CheckpointError(
             f"{path}: not a usable SAM2 checkpoint for {config} ({cause}); "

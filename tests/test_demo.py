@@ -186,7 +186,7 @@ def test_a_fresh_clone_downloads_the_tiny_checkpoint_once_and_refines_with_it(
 
     second = run_demo(workdir, demo_env(base_url, demo_oracle_env(tmp_path)))
     assert "downloading" not in second.stdout
-    assert f"SAM2 weights: {TINY} in checkpoints" in second.stdout
+    assert f"SAM2 weights: {TINY} found in checkpoints, nothing to download" in second.stdout
     assert served.requests == [f"/{TINY}"]
 
 
