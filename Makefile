@@ -22,6 +22,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The sample dataset refined as the platform runs the worker; with no official checkpoint here it
+# downloads sam2.1_hiera_tiny.pt once into ./checkpoints (SAM2_WEIGHTS_BASE_URL: a mirror).
 demo: $(STAMP)
 	$(PY) demo/run_demo.py
 
@@ -40,7 +42,8 @@ docs: $(STAMP)
 docs-check: $(STAMP)
 	$(PY) scripts/generate_docs.py --check
 
-# Official SAM2.1 checkpoints into ./checkpoints, each verified by loading it (needs internet).
+# Official SAM2.1 checkpoints into ./checkpoints, each verified by loading it (needs internet,
+# or SAM2_WEIGHTS_BASE_URL naming a mirror).
 weights: $(STAMP)
 	$(PY) scripts/download_weights.py --models "$(SAM2_CHECKPOINTS)" checkpoints
 

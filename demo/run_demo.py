@@ -1,8 +1,10 @@
 """`make demo`: the worker refining a sample dataset as the platform would run it.
 
-Starts the embedded NimbusImage server with a generated sample (two channels of cells,
-rough outlines tagged "rough"), runs `interface` then `compute` through entrypoint.py,
-prints a summary and writes demo-output/before_after.png.
+Finds or fetches SAM2 weights (demo/weights.py), starts the embedded NimbusImage server with
+a generated sample (two channels of cells, rough outlines tagged "rough"), runs `interface`
+then `compute` through entrypoint.py with "Delete original annotations" on, reads back what
+the job decided for each original, prints the counts and draws them in
+./demo-output/before_after.png (demo/picture.py).
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo.decisions import SKIPPED, read_decisions, summary  # noqa: E402
+from demo.picture import Caption, draw_decisions, title  # noqa: E402
+from demo.weights import WeightsUnavailable, random_init_weights, real_weights  # noqa: E402
 from nimbus_server import NimbusServer  # noqa: E402
-from sam2_refine.model import OFFICIAL_CONFIGS  # noqa: E402
 
-OUTPUT = REPO / "demo-output"
+OUTPUT_DIR = "demo-output"  # relative to where the demo runs, like ./checkpoints
 IMAGE = "annotations/sam2_refine_worker:latest"
 SIZE = 512
 TAG = "rough"
+RESOLUTION = "Auto"
+SMOOTHING = 0.7
+DELETE_ORIGINALS = True
 
 
 def sample_cells(seed: int = 4) -> list[tuple[float, float, float, float, float]]:
@@ -58,6 +64,12 @@ def sample_frames(cells) -> np.ndarray:
     return planes.astype(np.uint16)[np.newaxis, np.newaxis, np.newaxis]
 
 
+def rough_outlines(cells) -> list[list[tuple[float, float]]]:
+    """One rough outline per cell, the same on every run."""
+    rng = np.random.default_rng(1)
+    return [rough_outline(cell, rng) for cell in cells]
+
+
 def rough_outline(cell, rng) -> list[tuple[float, float]]:
     """A hand-drawn-looking outline: too big, shifted, wobbly."""
     cx, cy, rx, ry, angle = cell
@@ -71,79 +83,61 @@ def rough_outline(cell, rng) -> list[tuple[float, float]]:
     return points
 
 
-def official_checkpoint_dir() -> Path | None:
-    configured = os.environ.get("SAM2_CHECKPOINT_DIR")
-    if configured and any((Path(configured) / name).is_file() for name in OFFICIAL_CONFIGS):
-        return Path(configured)
-    local = REPO / "checkpoints"
-    if any((local / name).is_file() for name in OFFICIAL_CONFIGS):
-        return local
-    return None
-
-
-def random_checkpoint_dir() -> Path:
-    import torch
-    from sam2.build_sam import build_sam2
-
-    directory = OUTPUT / "random-checkpoints"
-    path = directory / "sam2.1_hiera_tiny.pt"
-    if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-        torch.save({"model": model.state_dict()}, path)
-    return directory
-
-
-def run_worker(server: NimbusServer, request: str, parameters: dict, checkpoints: Path, dataset_id=None) -> list[dict]:
+def run_worker(
+    server: NimbusServer, request: str, parameters: dict, checkpoints: Path, dataset_id: str | None = None
+) -> tuple[list[dict], str]:
+    """Run entrypoint.py as the platform does; its JSON messages and its job log (stderr)."""
     command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
                "--request", request, "--parameters", json.dumps(parameters)]
     if dataset_id:
         command += ["--datasetId", dataset_id]
-    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(checkpoints), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(checkpoints.resolve()), "PYTHONUNBUFFERED": "1"}
     completed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     messages = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr)
         raise SystemExit(f"{request} failed (exit {completed.returncode}): {messages[-1] if messages else ''}")
-    return messages
+    return messages, completed.stderr
 
 
-def draw(frames: np.ndarray, rough: list[list[dict]], refined: list[list[dict]], path: Path) -> None:
+def composite(frames: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: nuclei green, cytoplasm magenta."""
     planes = frames[0, 0, 0].astype(np.float32)
     planes = (planes - planes.min()) / (planes.max() - planes.min())
     rgb = np.stack([planes[1] * 0.6, planes[0], planes[1] * 0.6 + planes[0] * 0.3], axis=-1)
-    base = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((SIZE * 2, SIZE * 2), Image.NEAREST)
-    canvas = Image.new("RGB", (SIZE * 4 + 10, SIZE * 2), "white")
-    for panel, (outlines, colour) in enumerate(((rough, (255, 80, 80)), (refined, (255, 255, 0)))):
-        image = base.copy()
-        pen = ImageDraw.Draw(image)
-        for outline in outlines:
-            points = [(c["x"] * 2, c["y"] * 2) for c in outline]
-            pen.polygon(points, outline=colour, width=2)
-        pen.text((8, 8), "rough outlines (input)" if panel == 0 else "refined by SAM2 Refiner", fill="white")
-        canvas.paste(image, (panel * (SIZE * 2 + 10), 0))
-    canvas.save(path)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def random_init_banner(reason: str) -> str:
+    rule = "=" * 72
+    return "\n".join([
+        rule,
+        f"NO SAM2 WEIGHTS: {reason}",
+        "Using a RANDOM-INIT checkpoint: the refined outlines are MEANINGLESS.",
+        "Run `make demo` again where the download works (or set SAM2_WEIGHTS_BASE_URL to a mirror),",
+        "run `make weights`, or set SAM2_CHECKPOINT_DIR to a directory of official checkpoints.",
+        rule,
+    ])
 
 
 def main() -> None:
-    OUTPUT.mkdir(exist_ok=True)
-    checkpoints = official_checkpoint_dir()
-    if checkpoints is None:
-        checkpoints = random_checkpoint_dir()
-        print("=" * 72)
-        print("NO SAM2 WEIGHTS FOUND: using a RANDOM-INIT checkpoint.")
-        print("The refined outlines below are MEANINGLESS until real weights are installed:")
-        print("run `make weights` (needs internet) or set SAM2_CHECKPOINT_DIR.")
-        print("=" * 72)
+    output = Path(OUTPUT_DIR)
+    output.mkdir(exist_ok=True)
+    try:
+        weights = real_weights()
+        print(f"SAM2 weights: {weights.description}", flush=True)
+    except WeightsUnavailable as unavailable:
+        print(random_init_banner(str(unavailable)), flush=True)
+        weights = random_init_weights(output, str(unavailable))
+    predictor = os.environ.get("SAM2_REFINE_PREDICTOR")
+    if predictor:
+        print(f"SAM2_REFINE_PREDICTOR={predictor}: that predictor answers instead of SAM2", flush=True)
     cells = sample_cells()
     frames = sample_frames(cells)
-    rng = np.random.default_rng(1)
     with NimbusServer() as server:
         dataset_id = server.add_dataset(frames, name="demo cells", channel_names=["nuclei", "cytoplasm"])
-        for cell in cells:
-            server.add_annotation(dataset_id, rough_outline(cell, rng), tags=[TAG])
-        run_worker(server, "interface", {"image": IMAGE}, checkpoints)
+        originals = {server.add_annotation(dataset_id, drawn, tags=[TAG]): drawn for drawn in rough_outlines(cells)}
+        run_worker(server, "interface", {"image": IMAGE}, weights.directory)
         fields = server.interfaces[IMAGE]
         model = fields["Model"]["default"]
         print(f"interface: {len(fields)} fields posted; models offered: {', '.join(fields['Model']['items'])}")
@@ -151,19 +145,32 @@ def main() -> None:
             "datasetId": dataset_id, "image": IMAGE, "channel": 0, "tags": ["refined"],
             "tile": {"XY": 0, "Z": 0, "Time": 0}, "assignment": {"XY": 0, "Z": 0, "Time": 0},
             "connectTo": {"tags": [], "channel": None},
-            "workerInterface": {"Tag of objects to refine": [TAG], "Model": model, "Resolution": "Auto",
-                                "Delete original annotations": False, "Padding": 0, "Smoothing": 0.7},
+            "workerInterface": {"Tag of objects to refine": [TAG], "Model": model, "Resolution": RESOLUTION,
+                                "Delete original annotations": DELETE_ORIGINALS, "Padding": 0,
+                                "Smoothing": SMOOTHING},
         }
-        messages = run_worker(server, "compute", parameters, checkpoints, dataset_id)
-        annotations = server.annotations(dataset_id)
-    rough = [a["coordinates"] for a in annotations if TAG in a["tags"]]
-    refined = [a["coordinates"] for a in annotations if "refined" in a["tags"]]
+        messages, job_log = run_worker(server, "compute", parameters, weights.directory, dataset_id)
+        documents = server.annotations(dataset_id)
     for message in messages:
         if message.get("warning"):
             print(f"warning: {message['warning']}")
     print(f"compute with {model}: {messages[-1].get('info')}")
-    draw(frames, rough, refined, OUTPUT / "before_after.png")
-    print(f"wrote {OUTPUT / 'before_after.png'} ({len(rough)} rough outlines, {len(refined)} refined)")
+    decisions = read_decisions(originals, documents, job_log)
+    for decision in decisions:
+        if decision.outcome == SKIPPED:
+            print(f"skipped {decision.original_id}: {decision.skip_reason}")
+    print(f"outcomes: {summary(decisions)}")
+    caption = Caption(
+        title=title(decisions),
+        settings=(f"model {model} ({'RANDOM-INIT' if weights.is_random_init else weights.description}); "
+                  f"Resolution {RESOLUTION}, Smoothing {SMOOTHING}, Delete original annotations "
+                  f"{'on' if DELETE_ORIGINALS else 'off'}"),
+        warning=weights.random_init_reason and f"{weights.random_init_reason}. A random-init checkpoint was used.",
+        notice=predictor and f"SAM2_REFINE_PREDICTOR={predictor}: that predictor answered, not SAM2",
+    )
+    picture = output / "before_after.png"
+    draw_decisions(composite(frames), decisions, caption, DELETE_ORIGINALS, picture)
+    print(f"wrote {picture.resolve()}")
 
 
 if __name__ == "__main__":

@@ -139,16 +139,21 @@ class Tally:
     cut_kept: int = 0  # doubtful, accepted anyway, but cut where SAM2's mask went on: kept for review
 
 
-def decide(originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally) -> list[Refined]:
-    """What to save for each reviewed outcome under the user's doubtful-refinement policy.
-    An outline cut where SAM2's mask went on is kept next to its original, tagged for
-    review, whatever the policy but Skip."""
+def decide(
+    originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally, reporter: Reporter | None = None
+) -> list[Refined]:
+    """What to save for each reviewed outcome under the user's doubtful-refinement policy;
+    each skipped original is named in the job log, with its reason. An outline cut where
+    SAM2's mask went on is kept next to its original, tagged for review, whatever the
+    policy but Skip."""
     refined = []
     for original, outcome in zip(originals, outcomes):
         if outcome.recovered is not None:
             tally.recovered[outcome.recovered] += 1
         if outcome.polygon is None:
             tally.skipped[outcome.reason] += 1
+            if reporter is not None:
+                reporter.log(f"skipped {original['_id']}: {outcome.reason}")
             continue
         doubtful = bool(outcome.doubts)
         if doubtful:
@@ -378,7 +383,7 @@ def _finish_location(
 ) -> None:
     """Decide, write back and report one location (the pipeline's finish stage)."""
     place: _Place = work.context
-    refined = decide(place.todo, outcomes, params.doubtful, tally)
+    refined = decide(place.todo, outcomes, params.doubtful, tally, reporter)
     writer.write_location(place.location, refined, place.done)
     tally.finished += len(place.todo)
     reporter.progress(

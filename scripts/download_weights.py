@@ -6,21 +6,32 @@
 DIRECTORY defaults to ./checkpoints. A checkpoint already there is kept if it loads;
 a new one is downloaded to `<name>.part`, loaded into its model, and only then
 renamed into place, so a truncated download never ends up in DIRECTORY.
+SAM2_WEIGHTS_BASE_URL replaces the official base URL (a mirror; the tests' local server).
 The Docker builds run this with DIRECTORY=/opt/sam2/checkpoints (`make weights`
-uses the default). Exit status: 0 when every requested checkpoint loads, else 1.
+uses the default; `make demo` fetches the tiny one through `ensure_checkpoint`).
+Exit status: 0 when every requested checkpoint loads, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
+import ssl
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+BASE_URL_VARIABLE = "SAM2_WEIGHTS_BASE_URL"
+CONNECT_TIMEOUT = 15.0  # seconds to reach the server; then each read may wait READ_TIMEOUT
+READ_TIMEOUT = 60.0
+
+
+def base_url() -> str:
+    return (os.environ.get(BASE_URL_VARIABLE) or BASE_URL).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class Checkpoint:
 
     @property
     def url(self) -> str:
-        return f"{BASE_URL}/{self.file_name}"
+        return f"{base_url()}/{self.file_name}"
 
 
 CHECKPOINTS: dict[str, Checkpoint] = {
@@ -58,19 +69,58 @@ def verify_checkpoint(path: Path, config: str) -> None:
     try:
         build_sam2(config, str(path), device="cpu")
     except Exception as error:  # torch/zip/Hydra errors all mean "not usable"
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        first_line = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]
         cause = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
         raise CheckpointError(
             f"{path}: not a usable SAM2 checkpoint for {config} ({cause}); "
-            "it is probably truncated or for another model size, so delete it and download it again"
+            "it is probably truncated or for another model size"
         ) from error
 
 
+class _PatientReads:
+    """Makes a connection wait CONNECT_TIMEOUT to connect, then READ_TIMEOUT for each read."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(READ_TIMEOUT)
+
+
+class _HTTPConnection(_PatientReads, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_PatientReads, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, request):
+        return self.do_open(_HTTPConnection, request)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, request):
+        return self.do_open(_HTTPSConnection, request, context=ssl.create_default_context())
+
+
 def download(url: str, destination: Path) -> None:
-    """Stream `url` into `destination`, replacing it."""
+    """Stream `url` into `destination`, replacing it.
+
+    Raises OSError (urllib.error.URLError, TimeoutError, ...) when the server cannot be
+    reached or answers with an error, CheckpointError when the transfer stops short of the
+    length the server announced.
+    """
     print(f"downloading {url}", flush=True)
-    with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
-        shutil.copyfileobj(response, out, length=1 << 20)
+    opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+    with opener.open(url, timeout=CONNECT_TIMEOUT) as response, destination.open("wb") as out:
+        announced = response.headers.get("Content-Length")
+        try:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        except http.client.IncompleteRead as error:  # a chunked transfer cut short
+            raise CheckpointError(f"the download stopped early ({error!r})") from error
+        received = out.tell()
+    if announced is not None and int(announced) != received:
+        raise CheckpointError(f"the download stopped after {received} of {announced} bytes")
 
 
 def ensure_checkpoint(name: str, directory: Path) -> Path:
@@ -89,6 +139,9 @@ def ensure_checkpoint(name: str, directory: Path) -> Path:
     try:
         download(checkpoint.url, partial)
         verify_checkpoint(partial, checkpoint.config)
+    except CheckpointError as error:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(f"refused the download of {checkpoint.url}: {error}; nothing was kept") from error
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
