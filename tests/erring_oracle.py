@@ -66,18 +66,37 @@ class ErringOracle:
 
 
 class ScoredErringOracle(ErringOracle):
+    """With scores, and optionally SAM2-like alternative masks: `candidates[i]` lists
+    (answer, predicted IoU) pairs for answer i, given as `DecodedMasks.candidates`."""
+
+    candidates: list[list[tuple[Answer, float]]] | None = None
+
     def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> DecodedMasks:
         logits, chosen = self._decode(boxes)
+        candidates = candidate_iou = None
+        if self.candidates is not None:
+            window = self._window
+            columns = window.left + (np.arange(LOW_RES) + 0.5) * window.width / LOW_RES
+            rows = window.top + (np.arange(LOW_RES) + 0.5) * window.height / LOW_RES
+            x, y = np.meshgrid(columns, rows)
+            candidates = np.stack([np.stack([answer.field(x, y).astype(np.float32)
+                                             for answer, _ in self.candidates[i]]) for i in chosen])
+            candidate_iou = np.array([[iou for _, iou in self.candidates[i]] for i in chosen], dtype=np.float32)
         return DecodedMasks(
             logits,
             predicted_iou=np.array([self.scores[i][0] for i in chosen], dtype=np.float32),
             object_score=np.array([self.scores[i][1] for i in chosen], dtype=np.float32),
+            candidates=candidates,
+            candidate_iou=candidate_iou,
         )
 
 
-def answers_to_json(keys, answers: list[Answer], scores=None) -> str:
+def answers_to_json(keys, answers: list[Answer], scores=None, candidates=None) -> str:
+    """`candidates`: per answer, (answer, predicted IoU) pairs, the same number for each."""
     return json.dumps({"keys": [list(map(float, k)) for k in keys], "answers": [a.to_json() for a in answers],
-                       "scores": scores})
+                       "scores": scores,
+                       "candidates": None if candidates is None else [
+                           [[answer.to_json(), float(iou)] for answer, iou in options] for options in candidates]})
 
 
 def from_environment(checkpoint) -> ErringOracle:
@@ -86,6 +105,8 @@ def from_environment(checkpoint) -> ErringOracle:
     answers = [answer_from_json(a) for a in raw["answers"]]
     kind = ScoredErringOracle if raw.get("scores") else ErringOracle
     oracle = kind(np.array(raw["keys"]), answers, raw.get("scores"), os.environ.get("ERRING_ORACLE_DECODES"))
+    if raw.get("candidates"):
+        oracle.candidates = [[(answer_from_json(answer), iou) for answer, iou in options] for options in raw["candidates"]]
     # Where a real predictor says it runs (ERRING_ORACLE_DEVICE) and why not on the GPU.
     if "ERRING_ORACLE_DEVICE" in os.environ:
         oracle.device_description = os.environ["ERRING_ORACLE_DEVICE"]

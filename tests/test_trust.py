@@ -286,3 +286,68 @@ def test_the_job_says_where_it_runs_and_warns_when_the_gpu_is_unusable(server, e
     assert run.returncode == 0, run.stdout + run.stderr
     assert any("on CPU (2 threads)" in (m.get("info") or "") for m in run.progress)
     assert [w["warning"] for w in run.warnings if "GPU" in w["warning"]] == [warning]
+
+
+# --- SAM2's alternative masks -------------------------------------------------------------
+
+CANDIDATE_SEEDS = range(3100, 3108)
+
+
+def candidates_for(rng, scene, original, right_among: bool) -> list[tuple]:
+    """Three alternative masks for an original's box as SAM2 gives them, each with its IoU
+    estimate: two wrong ones (an inner part of the cell, the nearest other cell) rated
+    highest, so the checks, not the rating, must pick; the third is the true cell when
+    `right_among`, else another inner part."""
+    from tests.synthetic_cells import inner_part
+
+    cell = scene.cells[original.cell]
+    others = [c for j, c in enumerate(scene.cells) if j != original.cell]
+    nearest = min(others, key=lambda c: (c.cx - cell.cx) ** 2 + (c.cy - cell.cy) ** 2)
+    third = cell if right_among else inner_part(rng, cell)
+    return [(inner_part(rng, cell), 0.95), (nearest, 0.9), (third, 0.8)]
+
+
+def _iou(a, b) -> float:
+    return a.intersection(b).area / a.union(b).area if a is not None and b is not None and a.union(b).area else 0.0
+
+
+def test_an_erring_mask_is_recovered_from_sams_alternatives_when_the_right_one_is_among_them(server, erring_run):
+    """A quarter of the primary masks err (inner part, cell + neighbours, the neighbour,
+    nothing). For the erring answers of even scenes the true cell is among the three
+    alternatives (rated below two wrong ones); for odd scenes it is not. At least 80 % of the
+    first end as the right cell, accepted, the original replaced; for the second no
+    alternative is ever taken."""
+    from shapely.geometry import Polygon
+
+    rng = np.random.default_rng(17)
+    scenes = [calibration_scene(seed) for seed in CANDIDATE_SEEDS]
+    dataset_id, seeded, keys, answers = seed_scenes(server, scenes)
+    candidates, right_among = [], {}
+    for annotation_id, time, original in seeded:
+        right_among[annotation_id] = time % 2 == 0 and original.kind in ERRORS
+        candidates.append(candidates_for(rng, scenes[time], original, right_among[annotation_id]))
+    scores = [[0.9, 5.0]] * len(answers)
+    run = erring_run(dataset_id, answers_to_json(keys, answers, scores, candidates), replacing(dataset_id))
+    assert run.returncode == 0, run.stdout + run.stderr
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    refined = refined_by_source(server, dataset_id)
+    recoverable, recovered, unrecoverable, alternatives_taken = 0, 0, 0, 0
+    for (annotation_id, time, original), options in zip(seeded, candidates):
+        if original.kind not in ERRORS:
+            continue
+        versions = refined.get(annotation_id, [])
+        accepted = bool(versions) and REVIEW_TAG not in versions[0]["tags"]
+        assert accepted == (annotation_id not in present)
+        polygon = Polygon([(c["x"], c["y"]) for c in versions[0]["coordinates"]]) if accepted else None
+        if right_among[annotation_id]:
+            recoverable += 1
+            recovered += _iou(polygon, scenes[time].cells[original.cell].outline()) >= 0.9
+        else:
+            unrecoverable += 1
+            alternatives_taken += any(_iou(polygon, answer.outline()) >= 0.9 for answer, _ in options)
+    print(f"recovered {recovered} of {recoverable}; alternatives taken without a right one {alternatives_taken} "
+          f"of {unrecoverable}")
+    assert recoverable >= 30 and unrecoverable >= 30
+    assert recovered >= 0.8 * recoverable
+    assert alternatives_taken == 0
+    assert "recovered with one of SAM2's alternative masks" in run.progress[-1]["info"]
