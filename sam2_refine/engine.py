@@ -44,14 +44,7 @@ OUTSIDE = Reason.OUTSIDE
 EMPTY_MASK = Reason.EMPTY_MASK
 VANISHED = Reason.VANISHED
 
-# An object whose box spans fewer of SAM2's low-resolution mask pixels than this, along
-# its shorter side, cannot be outlined at that resolution: TOO_COARSE. Below
-# SIZE_BLUR_SPAN, an outline much smaller than its original, or none, is put down to the
-# resolution too. (A perfect mask sampled at SAM2's resolution has a median IoU with the
-# true outline of 0.80 at a span of 2.6, 0.92 at 3.8, 0.94 at 4.5 and 0.98 at 7.7:
-# `.venv/bin/python -m tests.measure_coarseness`.)
-COARSE_SPAN = 4.0
-SIZE_BLUR_SPAN = 8.0
+# Below review.SIZE_BLUR_SPAN, these are put down to SAM2's resolution (TOO_COARSE).
 SIZE_REASONS = (Reason.MUCH_SMALLER, Reason.EMPTY_MASK)
 # Times a mask reaching the edge of the area read is followed further (by the margin,
 # then by twice that) before it is cut.
@@ -336,14 +329,15 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
 
 def _judged(outcome: Outcome, task: ObjectTask, span: float, zone: Polygon | None) -> Outcome:
     """`outcome` with the review's doubts about it on its own. An object spanning `span`
-    mask pixels is too coarse at this resolution below COARSE_SPAN, and its size doubts are
-    put down to the resolution below SIZE_BLUR_SPAN: then TOO_COARSE comes first."""
-    blurred = span < SIZE_BLUR_SPAN
+    mask pixels is too coarse at this resolution below review.COARSE_SPAN, and its size
+    doubts are put down to the resolution below review.SIZE_BLUR_SPAN: then TOO_COARSE
+    comes first."""
+    blurred = span < review.SIZE_BLUR_SPAN
     if outcome.polygon is None:
-        return Outcome(None, Reason.TOO_COARSE) if span < COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS) \
+        return Outcome(None, Reason.TOO_COARSE) if span < review.COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS) \
             else outcome
     doubts = review.object_doubts(outcome, task.prompt.original, task.frame_size, zone)
-    if span < COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
+    if span < review.COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
         doubts = [Reason.TOO_COARSE] + [reason for reason in doubts if reason not in SIZE_REASONS]
     return replace(outcome, doubts=tuple(doubts))
 
@@ -353,7 +347,7 @@ def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     best-rated of its alternatives that passes every check on its own."""
     zone = None if task.prompt.original is None else review.allowed_zone(task.prompt.original)
     span = coarseness(task.prompt.box, task.window, task.mask.grid)
-    coarse = span < COARSE_SPAN
+    coarse = span < review.COARSE_SPAN
     primary = _judged(
         replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou, object_score=task.object_score),
         task, span, zone,

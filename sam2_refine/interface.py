@@ -62,9 +62,10 @@ NOTES_HTML = (
     "annotations</i> ticked, an original is deleted only after its refined polygon has "
     "been saved. Rectangles are refined too. Every refinement is checked against its "
     "original: one that reaches well outside it (neighbouring cells taken in), is much "
-    "smaller than it (only an inner part kept), covers another refined outline, or that "
-    "SAM2 itself rates poorly is <i>doubtful</i> and never replaces its original; see "
-    "<i>Doubtful refinements</i>."
+    "smaller than it (only an inner part kept), covers another refined outline, that "
+    "SAM2 itself rates poorly, or that is too coarse at the chosen Resolution is "
+    "<i>doubtful</i> and never replaces its original; SAM2's alternative masks for the same "
+    "box are tried first. See <i>Doubtful refinements</i>."
 )
 
 
@@ -191,7 +192,8 @@ def build_interface(model_names: list[str]) -> dict:
                 f"What happens to a refinement that does not agree with its original.\n"
                 f"{DOUBTFUL_TAG}: it is saved with the extra tag '{REVIEW_TAG}' and its "
                 "original is kept, even with 'Delete original annotations'.\n"
-                f"{DOUBTFUL_ACCEPT}: it is treated like any other refinement.\n"
+                f"{DOUBTFUL_ACCEPT}: it is treated like any other refinement (but one cut where "
+                "SAM2's mask went on is tagged and never replaces its original).\n"
                 f"{DOUBTFUL_SKIP}: it is not saved; its original is kept."
             ),
         },

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sam2_refine import interface  # noqa: E402
+from sam2_refine.review import ADVICE, MEANINGS  # noqa: E402
 
 PAGE = ROOT / "SAM2_REFINE.md"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -159,6 +160,18 @@ def render(labels: dict[str, str], checkpoints: str | None) -> str:
         f"`${interface.CHECKPOINT_DIR_VARIABLE}` (default `{interface.DEFAULT_CHECKPOINT_DIR}`). "
         f"The default is `{interface.PREFERRED_MODEL}` when present, else the first file. "
         f"The Docker images ship {shipped} (build argument `SAM2_CHECKPOINTS`).",
+        "",
+        "## What the job reports",
+        "",
+        "Every refinement is checked against its original. One that fails a check is *doubtful*: "
+        "it never replaces its original, and *Doubtful refinements* decides what is saved. When SAM2's "
+        "mask for a box is doubtful or empty, its alternative masks for the same box are tried, best "
+        "rated first, and the first that passes every check is used (counted as recovered). The job's "
+        "summary and warnings count each original under one reason:",
+        "",
+        "| Reason | What it means | What to do |",
+        "|--------|---------------|------------|",
+        *[f"| {reason} | {cell(MEANINGS[reason])} | {cell(ADVICE.get(reason, ''))} |" for reason in MEANINGS],
         "",
         "## Files",
         "",

@@ -6,7 +6,7 @@ Whole frame on a 2048² frame (8 image pixels per low-resolution mask pixel): lu
 of each diameter, rough outlines drawn 15 % of the diameter outside them, answered by the
 oracle with each cell's true field sampled on SAM2's 256 x 256 grid. Prints the IoU of the
 refined outline with the true one against the span of the box (engine.coarseness) and the
-reasons given; engine.COARSE_SPAN and SIZE_BLUR_SPAN quote it.
+reasons given; review.COARSE_SPAN and SIZE_BLUR_SPAN quote it.
 """
 
 from __future__ import annotations

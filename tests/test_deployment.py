@@ -315,6 +315,10 @@ def test_docs_page_content() -> None:
     for label, spec in fields.items():
         if spec["type"] != "notes":
             assert f"| **{label}**" in page
+    from sam2_refine.outcome import Reason
+
+    for reason in Reason:  # the page says what every reason in the job's messages means
+        assert f"| {reason} |" in page
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from sam2_refine import engine, tiling
+from sam2_refine import engine, review, tiling
+from sam2_refine.outcome import Reason
 from sam2_refine.engine import RefineSettings, crops_of, refine_frame, resize_region
 from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
 from tests.oracle import Composite, Disk, OraclePredictor, Rect, ScoredOraclePredictor
@@ -265,3 +266,35 @@ def test_region_upsampling_matches_torch_interpolate_on_the_whole_window():
     )[0, 0].numpy()
     region = (37, 5, 1300, 411)  # col0, row0, col1, row1
     np.testing.assert_allclose(resize_region(low_res, 700, 1300, region), full[5:411, 37:1300], atol=1e-4)
+
+
+def _settled(shape, original: Rect, window_side: int):
+    """One object settled in a window of `window_side` (the frame as large), its original
+    the box `original`, the oracle answering with `shape`."""
+    frame = (window_side, window_side)
+    window = engine.Window(0, 0, window_side, window_side)
+    rough = original.rough_outline(0)
+    prompt = engine.make_prompt(0, engine.prompt_box(rough, *frame), engine.outline_of_coordinates(rough), frame)
+    oracle = ScoredOraclePredictor([shape])
+    oracle.encode(np.zeros((8, 8, 3), np.float32), window)
+    (tasks,) = engine.decode_window(oracle, window, [prompt], frame)
+    return engine.settle(tasks[0], RefineSettings(0, 0, RESOLUTION_AUTO)), engine.coarseness(prompt.box, window, (256, 256))
+
+
+@pytest.mark.parametrize("span", [review.COARSE_SPAN - 0.1, review.COARSE_SPAN + 0.1])
+def test_too_coarse_just_below_its_span_and_not_just_above(span):
+    cell = Disk(1000, 1000, 18)
+    original = Rect(980, 980, 1020, 1020)  # a 40-px box 2 px loose
+    outcome, measured = _settled(cell, original, round(40 * 256 / span))
+    assert measured == pytest.approx(span, abs=0.01)
+    assert (Reason.TOO_COARSE in outcome.doubts) == (span < review.COARSE_SPAN)
+
+
+@pytest.mark.parametrize("span", [review.SIZE_BLUR_SPAN - 0.1, review.SIZE_BLUR_SPAN + 0.1])
+def test_a_much_smaller_outline_is_put_down_to_resolution_only_below_its_span(span):
+    inner = Disk(1000, 1000, 7)  # a third of the cell the 40-px box outlines
+    outcome, _ = _settled(inner, Rect(980, 980, 1020, 1020), round(40 * 256 / span))
+    if span < review.SIZE_BLUR_SPAN:
+        assert outcome.doubts[0] == Reason.TOO_COARSE and Reason.MUCH_SMALLER not in outcome.doubts
+    else:
+        assert Reason.MUCH_SMALLER in outcome.doubts and Reason.TOO_COARSE not in outcome.doubts

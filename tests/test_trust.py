@@ -351,3 +351,36 @@ def test_an_erring_mask_is_recovered_from_sams_alternatives_when_the_right_one_i
     assert recovered >= 0.8 * recoverable
     assert alternatives_taken == 0
     assert "recovered with one of SAM2's alternative masks" in run.progress[-1]["info"]
+
+
+# --- resolution ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width, height", [(2048, 2048), (6000, 300)])
+def test_whole_frame_puts_small_cells_down_to_resolution_not_to_the_answer(server, erring_run, width, height):
+    """Perfect answers for ~20-px cells in Whole frame: at 8 (2048²) or 23 x 1.2 (6000 x 300)
+    image pixels per mask pixel they span a few mask pixels. None is called much smaller or
+    empty; those the resolution spoils are counted as too coarse, with the advice to use Auto."""
+    from tests.synthetic_cells import calibration_original, family_cell
+
+    rng = np.random.default_rng(23)
+    step = 60
+    cells = [family_cell(rng, ("round", "lobed", "elongated")[i % 3], x, y, float(rng.uniform(9, 11)))
+             for i, (x, y) in enumerate((x, y) for y in range(40, height - 39, step) for x in range(40, width - 39, step))]
+    cells = cells[:110]
+    dataset_id = add_frames(server, 1, side=width, height=height)
+    keys, answers = [], []
+    for cell in cells:
+        _, shape, coordinates = calibration_original(rng, cell, (BOX, DRAWN))
+        server.add_annotation(dataset_id, [(c["x"], c["y"]) for c in coordinates], tags=[TAG], shape=shape,
+                              location={"XY": 0, "Z": 0, "Time": 0})
+        xs, ys = [c["x"] for c in coordinates], [c["y"] for c in coordinates]
+        keys.append(((min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2))
+        answers.append(cell)
+    run = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id, Resolution="Whole frame"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    final = run.progress[-1]["info"]
+    print(final)
+    assert "much smaller than the original" not in final and "empty mask" not in final
+    assert "too coarse at this resolution" in final
+    coarse = [w for w in run.warnings if "too coarse at this resolution" in w["warning"]]
+    assert coarse and "Auto" in coarse[0]["info"]
