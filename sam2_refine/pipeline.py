@@ -187,22 +187,31 @@ def outline_executor(workers: int) -> Executor:
     return executor
 
 
+# What follows a location's last batch: all its windows are decoded, or the model stage
+# gave up on it (the location is not finished).
+_COMPLETE, _ABANDONED = object(), object()
+
+
 @dataclass
 class _Location:
-    """A location on its way through the stages."""
+    """A location on its way through the stages. `batches` carries (future of the settled
+    tasks, object count) from the model stage to the finish stage, then _COMPLETE."""
 
     work: LocationWork
     plan: LocationPlan
-    batches: list[tuple[Future, int]] = field(default_factory=list)  # (settled tasks, object count)
+    batches: queue.Queue = field(default_factory=queue.Queue)
+    handed_on: bool = False
 
 
 @dataclass
 class _Window:
+    """One window of a location for the model (`window` None: a location without any)."""
+
     location: _Location
-    window: Window
+    window: Window | None
     prompts: list[Prompt]
     image: Future | None = None
-    last_of_location: bool = False
+    last_of_location: bool = True
 
 
 class Pipeline:
@@ -292,15 +301,14 @@ class Pipeline:
 
     # --- model stage (the calling thread) ---------------------------------------------
 
-    def _windows(self, works: Iterable[LocationWork], finishing: queue.Queue) -> Iterator[_Window]:
-        """Each location's windows, in order; a location with none goes straight on to
-        the finish stage (it may still have write-back to do)."""
+    def _windows(self, works: Iterable[LocationWork]) -> Iterator[_Window]:
+        """Each location's windows, in order (a location with none as one empty item: it
+        may still have write-back to do)."""
         for work in works:
             plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings.resolution)
             location = _Location(work, plan)
             if not plan.windows:
-                self._put(finishing, location)
-                continue
+                yield _Window(location, None, [])
             for index, (window, prompts) in enumerate(plan.windows):
                 yield _Window(location, window, prompts, last_of_location=index == len(plan.windows) - 1)
 
@@ -308,7 +316,7 @@ class Pipeline:
         self, works: Iterable[LocationWork], fetcher: Executor, outlines: Executor, budget: _Budget,
         finishing: queue.Queue,
     ) -> None:
-        windows = self._windows(works, finishing)
+        windows = self._windows(works)
         ahead: deque[_Window] = deque()
 
         def top_up() -> None:
@@ -316,38 +324,57 @@ class Pipeline:
                 upcoming = next(windows, None)
                 if upcoming is None:
                     return
-                upcoming.image = fetcher.submit(self.clock.timed, "fetch", upcoming.location.work.fetch,
-                                                upcoming.window)
+                if upcoming.window is not None:
+                    upcoming.image = fetcher.submit(self.clock.timed, "fetch", upcoming.location.work.fetch,
+                                                    upcoming.window)
                 ahead.append(upcoming)
 
-        top_up()
-        while ahead:
-            if self._stop.is_set():
-                raise Stopped()
-            predictor = self._model()
-            group = [ahead.popleft()]
-            while ahead and len(group) < _encode_batch_size(predictor):
-                group.append(ahead.popleft())
+        current: _Location | None = None
+        try:
             top_up()
-            images = self.clock.timed("model waited for images", lambda: [self._wait(item.image) for item in group])
-            batched = _batches(predictor)
-            if batched:
-                encoded = self.clock.timed("encode", predictor.encode_batch, images, [item.window for item in group])
-            else:
-                encoded = images
-            for item, image_or_encoding in zip(group, encoded):
+            while ahead:
+                if self._stop.is_set():
+                    raise Stopped()
+                group = [ahead.popleft()]
+                if group[0].window is not None:
+                    predictor = self._model()
+                    while ahead and ahead[0].window is not None and len(group) < _encode_batch_size(predictor):
+                        group.append(ahead.popleft())
+                top_up()
+                for item in group:  # handed on in order as the model reaches them
+                    if not item.location.handed_on:
+                        self._put(finishing, item.location)
+                        item.location.handed_on = True
+                if group[0].window is None:
+                    group[0].location.batches.put(_COMPLETE)
+                    continue
+                images = self.clock.timed("model waited for images", lambda: [self._wait(item.image) for item in group])
+                batched = _batches(predictor)
                 if batched:
-                    predictor.use(image_or_encoding)
+                    encoded = self.clock.timed("encode", predictor.encode_batch, images, [item.window for item in group])
                 else:
-                    self.clock.timed("encode", predictor.encode, image_or_encoding, item.window)
-                location = item.location
-                batches = engine.decode_window(predictor, item.window, item.prompts, location.plan.frame_size)
-                while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
-                    budget.take(len(tasks))
-                    location.batches.append((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
-                if item.last_of_location:
-                    self._put(finishing, location)
-            del images, encoded, group
+                    encoded = images
+                for item, image_or_encoding in zip(group, encoded):
+                    current = item.location
+                    if batched:
+                        predictor.use(image_or_encoding)
+                    else:
+                        self.clock.timed("encode", predictor.encode, image_or_encoding, item.window)
+                    batches = engine.decode_window(predictor, item.window, item.prompts, current.plan.frame_size)
+                    while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
+                        budget.take(len(tasks))
+                        current.batches.put((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
+                    if item.last_of_location:
+                        current.batches.put(_COMPLETE)
+                        current = None
+                del images, encoded, group
+        except BaseException:
+            if current is not None:
+                current.batches.put(_ABANDONED)
+            for item in ahead:
+                if item.location.handed_on:
+                    item.location.batches.put(_ABANDONED)
+            raise
 
     def _model(self) -> MaskPredictor:
         if self._predictor is None:
@@ -369,19 +396,32 @@ class Pipeline:
         try:
             while True:
                 location = finishing.get()
-                if location is None or self._stop.is_set():
+                if location is None or self._stop.is_set() or not self._finish_location(location, budget):
                     return
-                self._finish_location(location, budget)
         except Stopped:
             return
         except BaseException as error:  # raised in the calling thread by `run`
             self._fail(error)
 
-    def _finish_location(self, location: _Location, budget: _Budget) -> None:
+    def _next_batch(self, location: _Location):
+        while True:
+            if self._stop.is_set():
+                raise Stopped()
+            try:
+                return location.batches.get(timeout=POLL)
+            except queue.Empty:
+                continue
+
+    def _finish_location(self, location: _Location, budget: _Budget) -> bool:
+        """Settle, judge and finish one location as its batches come; False when the model
+        stage gave up on it (then it is not finished, and nothing after it is)."""
         plan, work = location.plan, location.work
         done = len(work.coordinates) - plan.prompt_count
         self._on_progress(work, done)
-        for future, count in location.batches:
+        while (batch := self._next_batch(location)) is not _COMPLETE:
+            if batch is _ABANDONED:
+                return False
+            future, count = batch
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
             budget.give(count)
@@ -389,9 +429,9 @@ class Pipeline:
                 plan.outcomes[owner] = outcome
             done += count
             self._on_progress(work, done)
-        location.batches.clear()
         outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere)
         self.clock.timed("write", self._finish, work, outcomes)
+        return True
 
 
 def _batches(predictor: MaskPredictor) -> bool:

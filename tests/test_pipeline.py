@@ -163,3 +163,22 @@ def test_a_cancel_stops_at_once_and_finishes_nothing_after_the_location_being_wr
     assert finished.finished == NAMES[:len(finished.finished)]
     # Fetching ran ahead of the model, but no further than its bound.
     assert len(fetched) <= 30 + PREFETCH + FETCH_THREADS
+
+
+def test_a_location_with_more_objects_than_may_be_in_flight_is_settled_as_it_goes(monkeypatch):
+    """Whole frame puts all of a location's objects in one window: the finish stage must
+    take them batch by batch while the model still decodes, or the bound on objects in
+    flight would stop both (the run is watched from another thread, so a hang fails)."""
+    from sam2_refine import pipeline
+    from sam2_refine.interface import RESOLUTION_WHOLE_FRAME
+
+    monkeypatch.setattr(pipeline, "MAX_OBJECTS_IN_FLIGHT", 5)
+    finished = Recorder()
+    runner = threading.Thread(target=run_pipeline, args=(
+        [work(name) for name in NAMES[:2]], lambda: OraclePredictor(SHAPES), RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME),
+        finished), daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the pipeline stopped with objects in flight"
+    assert finished.finished == NAMES[:2]
+    assert all(len(outcomes) == len(SHAPES) for outcomes in finished.outcomes.values())
