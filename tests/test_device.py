@@ -14,7 +14,7 @@ from sam2_refine.device import (
     usable_cpu_count,
     why_no_gpu,
 )
-from tests.conftest import cells, compute_parameters, frames, run_worker
+from tests.conftest import TINY, cells, compute_parameters, frames, run_worker
 
 EIGHT_CPUS = set(range(8))
 
@@ -153,3 +153,98 @@ def test_the_job_names_its_device_and_warns_when_the_gpu_image_has_no_gpu(server
     print(next(line["info"] for line in run.progress if " on CPU" in line.get("info", "")))
     print(gpu_warnings[0])
     assert why_no_gpu(torch.version.cuda, None, read_driver_version()) in gpu_warnings[0]["warning"]
+
+
+# --- GPU failures named as such (CPU-side, with torch's errors as CUDA raises them) -------
+
+class _NoKernels:
+    """torch where CUDA has no kernels for the GPU (a GPU older than the build supports)."""
+
+    class cuda:
+        @staticmethod
+        def get_device_capability(kind):
+            return 3, 5
+
+        @staticmethod
+        def get_device_name(kind):
+            return "Tesla K80"
+
+        @staticmethod
+        def get_arch_list():
+            return ["sm_75", "sm_80", "sm_90"]
+
+    @staticmethod
+    def ones(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+
+def test_a_gpu_torch_has_no_kernels_for_is_named_with_what_the_build_has():
+    from sam2_refine.device import missing_kernels
+
+    why = missing_kernels(_NoKernels, "cuda")
+    assert "Tesla K80 has compute capability 3.5" in why and "sm_75, sm_80, sm_90" in why
+
+
+@pytest.mark.parametrize("failure, expected", [
+    ("OutOfMemoryError", "did not have the memory to load sam2.1_hiera_tiny.pt"),
+    ("RuntimeError: CUDA error: no kernel image is available for execution on the device", "has no kernels"),
+])
+def test_a_gpu_that_fails_while_the_model_is_built_falls_back_to_the_cpu_and_says_why(
+    tiny_checkpoint_dir, monkeypatch, failure, expected
+):
+    """CUDA out of memory, or no kernels for the GPU, while building: the job goes on on the
+    CPU with a warning naming the cause (not a 'truncated checkpoint', not a bug of ours)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sam2_refine import device, model
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    real_build = model._build_model
+
+    def build(config, checkpoint, where):
+        if where.startswith("cuda"):
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if failure == "OutOfMemoryError" \
+                else RuntimeError(failure.split(": ", 1)[1])
+        return real_build(config, checkpoint, where)
+
+    gpu = device.DeviceChoice("cuda", "CUDA GPU Fake (CUDA 13.0)", 2)
+    monkeypatch.setattr(device, "choose_device", lambda requested=None: gpu)
+    monkeypatch.setattr(model, "_build_model", build)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda kind: SimpleNamespace(major=8))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    predictor = model.Sam2Predictor(tiny_checkpoint_dir / TINY)
+    assert predictor.device == "cpu"
+    assert predictor.device_warning.startswith("The GPU could not be used, so the job runs on the CPU")
+    assert expected in predictor.device_warning
+
+
+def test_a_checkpoint_that_does_not_load_is_still_reported_as_such(tmp_path):
+    from sam2_refine.errors import WorkerError
+    from sam2_refine.model import Sam2Predictor
+
+    broken = tmp_path / TINY
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(WorkerError, match="could not be loaded"):
+        Sam2Predictor(broken, device="cpu")
+
+
+# --- on a CUDA machine (benchmarks/gpu.sh runs these there) ----------------------------
+
+def test_on_a_gpu_the_predictor_names_it_with_bf16_and_tf32(tiny_checkpoint_dir):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: benchmarks/gpu.sh runs this on a GPU machine")
+    from sam2_refine.model import Sam2Predictor
+
+    predictor = Sam2Predictor(tiny_checkpoint_dir / TINY)
+    major, _ = torch.cuda.get_device_capability(0)
+    assert predictor.device.startswith("cuda")
+    assert torch.cuda.get_device_name(0) in predictor.device_description
+    assert "bf16 autocast" in predictor.device_description
+    assert ("TF32" in predictor.device_description) == (major >= 8)
+    assert predictor.device_warning is None
