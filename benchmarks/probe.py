@@ -146,16 +146,15 @@ class TimedPredictor:
 
         w = self._window
         CLOCK.values["image_px_per_mask_px"] += [max(w.width, w.height) / LOW_RES] * len(boxes)
+        no_model = isinstance(self._inner, CellsOnly)
         with CLOCK.timed("decode"):
-            decoded = decode_masks(self._inner, boxes, areas)
+            decoded = None if no_model else decode_masks(self._inner, boxes, areas)
         if self._cells is None:
-            return decoded
-        with CLOCK.timed("substitute"):
-            if areas is None:
-                logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height) for box in boxes])
-            else:  # like the real predictor, only over the areas the engine reads
-                logits = np.stack([self._cells.low_res_logits(box, w.left, w.top, w.width, w.height, area)
-                                   for box, area in zip(boxes, areas)])
+            return decoded if decoded is not None else decode_masks(self._inner, boxes, areas)
+        with CLOCK.timed("substitute"):  # like the real predictor, only over the areas the engine reads
+            logits = self._cells.batch_logits(boxes, w.left, w.top, w.width, w.height, areas)
+        if decoded is None:
+            return DecodedMasks(logits)
         return DecodedMasks(logits, decoded.predicted_iou, decoded.object_score)
 
 

@@ -64,6 +64,22 @@ class Cells:
         (window pixels col0, row0, col1, row1), computed only over the low-resolution cells
         that resizing reads there (one cell to spare), and -1e4 elsewhere, as the real
         predictor's `decode` leaves what it was not asked for."""
+        logits = np.full((LOW_RES, LOW_RES), -1.0e4, np.float32)
+        self.write_logits(logits, box, left, top, width, height, area)
+        return logits
+
+    def batch_logits(self, boxes: np.ndarray, left: int, top: int, width: int, height: int,
+                     areas: np.ndarray | None) -> np.ndarray:
+        """`low_res_logits` for each box, filled only over its area (what is not asked for
+        is left as it is in a fresh array: the engine never reads it)."""
+        logits = np.empty((len(boxes), LOW_RES, LOW_RES), np.float32) if areas is not None else \
+            np.full((len(boxes), LOW_RES, LOW_RES), -1.0e4, np.float32)
+        for k, box in enumerate(boxes):
+            self.write_logits(logits[k], box, left, top, width, height, None if areas is None else areas[k])
+        return logits
+
+    def write_logits(self, out: np.ndarray, box: np.ndarray, left: int, top: int, width: int, height: int,
+                     area: np.ndarray | None) -> None:
         x0, y0, x1, y1 = (float(v) for v in box)
         index = self.nearest(left + (x0 + x1) / 2, top + (y0 + y1) / 2)
         col_span, row_span = slice(0, LOW_RES), slice(0, LOW_RES)
@@ -73,11 +89,7 @@ class Cells:
             row_span = _cells_read(row0, row1, height)
         columns = left + (np.arange(col_span.start, col_span.stop) + 0.5) * (width / LOW_RES)
         rows = top + (np.arange(row_span.start, row_span.stop) + 0.5) * (height / LOW_RES)
-        if area is None:
-            return self.signed(index, columns[None, :], rows[:, None])
-        logits = np.full((LOW_RES, LOW_RES), -1.0e4, np.float32)
-        logits[row_span, col_span] = self.signed(index, columns[None, :], rows[:, None])
-        return logits
+        out[row_span, col_span] = self.signed(index, columns[None, :], rows[:, None])
 
     def true_mask(self, index: int, frame_width: int, frame_height: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The cell's pixels (centres inside), cropped: (mask, (col0, row0))."""

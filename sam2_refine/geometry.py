@@ -84,10 +84,13 @@ def piece_outline(field: np.ndarray, piece: np.ndarray, offset: tuple[float, flo
     col0, col1 = max(cols.min() - 1, 0), min(cols.max() + 2, width)
     crop = field[row0:row1, col0:col1]
     inside = piece[row0:row1, col0:col1]
-    values = np.where(inside, crop, np.minimum(crop, -1e-6)).astype(np.float64)
     # Beyond the field's edge: the edge values once more, then far outside, so the outline
     # closes outside the field and clipping to the field's rectangle cuts it on the edge.
-    values = np.pad(np.pad(values, 1, mode="edge"), 1, constant_values=_OUTSIDE)
+    values = np.full((row1 - row0 + 4, col1 - col0 + 4), _OUTSIDE)
+    core = values[2:-2, 2:-2]
+    core[...] = np.where(inside, crop, np.minimum(crop, -1e-6))
+    values[1, 2:-2], values[-2, 2:-2] = core[0], core[-1]
+    values[1:-1, 1], values[1:-1, -2] = values[1:-1, 2], values[1:-1, -3]
     contours = find_contours(values, 0.0, fully_connected="low")
     if not contours:
         return None
@@ -144,32 +147,28 @@ def _mitre_offset_to_area(polygon: Polygon, target: float) -> Polygon | None:
     The offset vertices are v + d m (m the mitre vector of each corner), so the signed area
     is exactly quadratic in d: a0 + a1 d + a2 d^2, and d is its root nearest 0.
     """
-    points = np.asarray(polygon.exterior.coords)[:-1]
-    count = len(points)
-    if count < 3:
+    points = shapely.get_coordinates(polygon.exterior)[:-1]
+    if len(points) < 3:
         return None
-    following = np.arange(1, count + 1) % count
-    preceding = np.arange(-1, count - 1) % count
-    x, y = points[:, 0], points[:, 1]
-    a0 = 0.5 * float(np.dot(x, y[following]) - np.dot(x[following], y))
-    if a0 < 0:  # make the ring counter-clockwise (in x right, y up terms)
-        points = points[::-1]
-        x, y = points[:, 0], points[:, 1]
-        a0 = -a0
-    edges = points[following] - points
+    following = np.concatenate((points[1:], points[:1]))
+    edges = following - points
+    x, y, x_next, y_next = points[:, 0], points[:, 1], following[:, 0], following[:, 1]
+    signed = 0.5 * float((x * y_next - x_next * y).sum())
+    orientation = 1.0 if signed > 0 else -1.0  # counter-clockwise in x right, y up terms
     lengths = np.hypot(edges[:, 0], edges[:, 1])
     if not np.all(lengths > 0):
         return None
-    normals = np.column_stack([edges[:, 1], -edges[:, 0]]) / lengths[:, None]  # outward, edge i
-    before = normals[preceding]  # the edge ending at each vertex
-    cosine = np.einsum("ij,ij->i", before, normals)
+    normals = np.column_stack((edges[:, 1], -edges[:, 0])) * (orientation / lengths)[:, None]  # outward
+    before = np.concatenate((normals[-1:], normals[:-1]))  # of the edge ending at each vertex
+    cosine = (before * normals).sum(axis=1)
     if np.any(cosine <= 2 / MITRE_LIMIT**2 - 1):  # |m| = sqrt(2 / (1 + cos)) > MITRE_LIMIT
         return None
     mitres = (before + normals) / (1 + cosine)[:, None]
     mx, my = mitres[:, 0], mitres[:, 1]
-    a1 = 0.5 * float(np.dot(x, my[following]) + np.dot(mx, y[following]) - np.dot(x[following], my)
-                     - np.dot(mx[following], y))
-    a2 = 0.5 * float(np.dot(mx, my[following]) - np.dot(mx[following], my))
+    mx_next, my_next = np.concatenate((mx[1:], mx[:1])), np.concatenate((my[1:], my[:1]))
+    a0 = orientation * signed
+    a1 = orientation * 0.5 * float((x * my_next + mx * y_next - x_next * my - mx_next * y).sum())
+    a2 = orientation * 0.5 * float((mx * my_next - mx_next * my).sum())
     deficit = target - a0
     if abs(a2) < 1e-12:
         distance = deficit / a1
@@ -249,8 +248,7 @@ def clip_to_image(polygon: Polygon, width: int, height: int) -> Polygon | None:
 
 def polygon_to_coordinates(polygon: Polygon) -> list[dict[str, float]]:
     """Platform coordinates of the outline, open (the first point is not repeated)."""
-    ring = list(polygon.exterior.coords)[:-1]
-    return [{"x": float(x), "y": float(y)} for x, y in ring]
+    return [{"x": x, "y": y} for x, y in shapely.get_coordinates(polygon.exterior)[:-1].tolist()]
 
 
 def coordinates_to_points(coordinates: list[dict]) -> np.ndarray:

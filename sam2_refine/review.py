@@ -361,6 +361,17 @@ def _agreement(refined: Polygon, original: Polygon | None) -> float:
     return refined.intersection(original).area / union if union > 0 else 0.0
 
 
+def _touching_others(refined: list[Polygon | None], accepted_elsewhere: list[Polygon] = ()) -> set[int]:
+    """Indices of outlines whose bounds meet another outline's (of this run or accepted elsewhere)."""
+    present = [i for i, polygon in enumerate(refined) if polygon is not None]
+    everything = [refined[i] for i in present] + list(accepted_elsewhere)
+    if len(everything) < 2:
+        return set()
+    pairs = STRtree(everything).query(everything)
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    return {present[int(p)] for p in np.unique(pairs) if p < len(present)}
+
+
 def overlap_doubts(
     refined: list[Polygon | None],
     ranking: list[tuple],
@@ -452,8 +463,11 @@ def with_overlap_doubts(
     """`outcomes` with their per-object `doubts` and the overlap check of the location:
     `refined` are the outlines judged (before padding), `originals` the originals (clipped
     to the image), `accepted_elsewhere` outlines an earlier run accepted at this location."""
+    # How well each agrees with its original decides who keeps a shared cell; only outlines
+    # whose bounds meet another's can clash, so only theirs is computed.
+    clashing = _touching_others(refined, accepted_elsewhere)
     ranking = [
-        (bool(doubts[i]), -_agreement(polygon, originals[i]) if polygon is not None else 0.0, i)
+        (bool(doubts[i]), -_agreement(polygon, originals[i]) if i in clashing else 0.0, i)
         for i, polygon in enumerate(refined)
     ]
     for index in overlap_doubts(refined, ranking, accepted_elsewhere, thresholds):

@@ -310,7 +310,7 @@ def run_compute(
     try:
         clock = run_pipeline(works(), predictor, settings, finish,
                              lambda work, done: _progress(work, done, tally, reporter), workers)
-        where = f"in {plural(workers, 'process')}" if workers > 1 else "in line"
+        where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
     except WorkerError as error:
         _report_skipped(tally.skipped, reporter)
