@@ -159,28 +159,17 @@ class TimedPredictor:
 
 
 def _instrument_worker(predictor: TimedPredictor) -> None:
-    """The worker's own stage clock (sam2_refine.pipeline.StageClock) into ours: outlines
-    and review as "geometry", write-back as "upload", fetching as "fetch_image" (summed
-    over the stages' threads and processes, which overlap)."""
-    from sam2_refine import worker
+    """Count the time after the last window as spent on its objects when the job ends.
+    (The worker's own stage clock, summed over the pipeline's threads and processes, is in
+    its job log: run.py reads it from there.)"""
+    atexit.register(predictor.close_window)
+    fast_exit = os._exit
 
-    run_pipeline = worker.run_pipeline
+    def exit_after_closing(status: int) -> None:
+        predictor.close_window()
+        fast_exit(status)
 
-    @functools.wraps(run_pipeline)
-    def timed_run_pipeline(*args: Any, **kwargs: Any) -> Any:
-        with CLOCK.timed("refine"):
-            try:
-                clock = run_pipeline(*args, **kwargs)
-            finally:
-                predictor.close_window()
-        for stage, ours in (("outline", "geometry"), ("review", "geometry"), ("write", "upload"),
-                            ("fetch", "fetch_image")):
-            CLOCK.seconds[ours] += clock.seconds.get(stage, 0.0)
-        for stage, seconds in clock.seconds.items():
-            CLOCK.seconds[f"stage:{stage}"] += seconds
-        return clock
-
-    worker.run_pipeline = timed_run_pipeline
+    os._exit = exit_after_closing
 
 
 def predictor(checkpoint: Path) -> TimedPredictor:

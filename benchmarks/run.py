@@ -227,21 +227,36 @@ def run_process(command: list[str], env: dict, scratch: Path, name: str, timeout
     return Finished(process.returncode, result["seconds"], result["peak_kib"] / 1024, lines, result["started"])
 
 
-def stages_of(finished: Finished, timings: dict) -> dict[str, float]:
+def worker_stage_seconds(stderr: str) -> dict[str, float]:
+    """The worker's own stage clock from its job log: "stage seconds (...): fetch 0.81, ..."."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith("stage seconds"):
+            stages = {}
+            for part in line.split("): ", 1)[1].split(", "):
+                name, _, value = part.rpartition(" ")
+                stages[name] = float(value)
+            return stages
+    return {}
+
+
+def stages_of(finished: Finished, timings: dict, stderr: str = "") -> dict[str, float]:
+    """Our worker's stages: its own clock (outline and review as geometry, write-back as
+    upload, summed over the threads and processes, which overlap), the probe's for the rest."""
     seconds, marks = timings.get("seconds", {}), timings.get("marks", {})
+    worker = worker_stage_seconds(stderr)
     stages = {
         "to_first_encode": marks.get("first_encode", finished.started) - finished.started,
         "model": seconds.get("model", 0.0),
-        "fetch": seconds.get("fetch_image", 0.0),
+        "fetch": worker.get("fetch", seconds.get("fetch_image", 0.0)),
         "encode": seconds.get("encode", 0.0),
         "decode": seconds.get("decode", 0.0),
-        "geometry": seconds.get("geometry", 0.0),
-        "upload": seconds.get("upload", 0.0),
+        "geometry": worker.get("outline", 0.0) + worker.get("review", 0.0) or seconds.get("geometry", 0.0),
+        "upload": worker.get("write", seconds.get("upload", 0.0)),
         "substitute": seconds.get("substitute", 0.0),
     }
+    stages.update({f"stage:{name}": value for name, value in worker.items()})
     if "after_encode" in seconds:
         stages["after_encode"] = seconds["after_encode"]
-    stages.update({name: value for name, value in seconds.items() if name.startswith("stage:")})
     if "exit" in marks:  # interpreter shut-down after the worker's last line of code
         stages["teardown"] = finished.started + finished.seconds - marks["exit"]
     return stages
@@ -328,7 +343,8 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
     if finished.returncode != 0:
         note = f"exit {finished.returncode}: {stderr_path.read_text()[-300:]!r}"
     return Result(case.name, implementation, case.count * case.frames, finished.returncode, finished.seconds,
-                  finished.rss_mb, created, stages_of(finished, timings), timings.get("calls", {}),
+                  finished.rss_mb, created, stages_of(finished, timings, stderr_path.read_text()),
+                  timings.get("calls", {}),
                   timings.get("values", {}).get("image_px_per_mask_px", []), frame_records(finished), note,
                   region_reads=region_reads)
 
