@@ -443,18 +443,10 @@ def _encode_batch_size(predictor: MaskPredictor) -> int:
     return max(1, int(getattr(predictor, "encode_batch_size", 1))) if _batches(predictor) else 1
 
 
-def run_pipeline(
-    works: Iterable[LocationWork],
-    predictor: Callable[[], MaskPredictor],
-    settings: RefineSettings,
-    finish: Callable[[LocationWork, list[Outcome]], None],
-    on_progress: Callable[[LocationWork, int], None] = lambda work, done: None,
-    workers: int = 1,
-    prefetch: int = PREFETCH,
-) -> StageClock:
-    """Refine, judge and finish every location of `works`, in order (see the module).
-    `predictor` is called once, when the first window is ready for it. Returns the seconds
-    each stage took."""
-    pipeline = Pipeline(predictor, settings, finish, on_progress, workers, prefetch)
+def run_pipeline(works: Iterable[LocationWork], *arguments, **options) -> StageClock:
+    """Refine, judge and finish every location of `works`, in order (see the module), with
+    `Pipeline`'s arguments; `predictor` is called once, when the first window is ready for
+    it. Returns the seconds each stage took."""
+    pipeline = Pipeline(*arguments, **options)
     pipeline.run(works)
     return pipeline.clock
