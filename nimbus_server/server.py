@@ -141,9 +141,9 @@ class NimbusServer:
         self._log: list[LogEntry] = []
         self._requests: list[LoggedRequest] = []
         self.max_body_bytes = max_body_bytes  # a larger request body gets a 413, as a proxy would answer
+        self._meta_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition(self._meta_lock)
-        self._meta_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
