@@ -116,4 +116,4 @@ def test_paging_follows_the_cursor_through_the_real_server(server, dataset, monk
     monkeypatch.setattr(nimbus, "PAGE_SIZE", 2)
     ids = [server.add_connection(dataset, "a" * 24, f"{index:024x}") for index in range(5)]
     found = platform_for(server, dataset).dataset_connections()
-    assert [connection["_id"] for connection in found] == sorted(ids)
+    assert [connection.id for connection in found] == sorted(ids)
