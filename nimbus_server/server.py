@@ -74,12 +74,15 @@ class RandomFaults:
         self.rate, self.kinds, self.hang, self.late = rate, tuple(kinds), hang, late
         self._random = random.Random(seed)
         self.counts: dict[str, int] = {kind: 0 for kind in kinds}
+        self.write_counts: dict[str, int] = {kind: 0 for kind in kinds}  # of those, on writes (not GET)
 
     def draw(self, method: str, path: str) -> Fault | None:
         if self._random.random() >= self.rate:
             return None
         kind = self._random.choice(self.kinds)
         self.counts[kind] += 1
+        if method != "GET" and not path.endswith("hydrate"):
+            self.write_counts[kind] += 1
         any_path = re.compile("")
         if kind == "error":
             return Fault(method, any_path, self._random.choice((500, 503)), 0.0, 1, False, "Injected error")

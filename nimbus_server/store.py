@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import orjson
 
 from nimbus_server.errors import ApiError, validation_error
 from nimbus_server.images import ImageData
@@ -349,6 +350,17 @@ class Store:
                 return _out(_page_in_order(self._annotation_order, self.annotations,
                                            lambda doc: self._matches(doc, query), paging))
             return _out(_page(self._matching(query), paging))
+
+    def annotation_page_json(self, query: AnnotationQuery, paging: Paging) -> bytes:
+        """`list_annotations` as the response body: serialized once, not copied first
+        (stored documents are replaced, never changed in place)."""
+        with self.lock:
+            if paging.sort == "_id" and paging.sortdir >= 0:
+                page = _page_in_order(self._annotation_order, self.annotations,
+                                      lambda doc: self._matches(doc, query), paging)
+            else:
+                page = _page(self._matching(query), paging)
+            return orjson.dumps(page)
 
     def count_annotations(self, query: AnnotationQuery) -> int:
         with self.lock:

@@ -3,7 +3,9 @@ server's own count of attempts shows whether retry layers multiply."""
 
 from __future__ import annotations
 
+import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,9 +99,9 @@ class SamePage:
         self.page = page
         self.calls = 0
 
-    def get(self, path, parameters=None):
+    def get(self, path, parameters=None, jsonResp=True):
         self.calls += 1
-        return list(self.page)
+        return list(self.page) if jsonResp else SimpleNamespace(content=json.dumps(self.page).encode())
 
 
 def test_paging_stops_when_the_cursor_does_not_advance(server, dataset, monkeypatch):
