@@ -103,6 +103,12 @@ class FakePlatform:
         for _, apply in due:
             apply()
 
+    def finish_late_writes(self) -> None:
+        """Apply every write still held back (the server finishing what it was doing)."""
+        self._late, pending = [], self._late
+        for _, apply in pending:
+            apply()
+
     def _enter(self, method: str) -> object:
         """Record the call; how it goes wrong, if it does."""
         self._apply_due()

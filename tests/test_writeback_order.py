@@ -379,6 +379,7 @@ def test_a_create_applied_late_within_its_settle_time_is_found_and_not_sent_agai
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
+    platform.finish_late_writes()
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 1
 
@@ -390,6 +391,7 @@ def test_a_create_applied_after_it_was_sent_again_leaves_no_duplicate():
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
+    platform.finish_late_writes()
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 2
     assert writer.result.duplicates_removed == 3
@@ -402,6 +404,7 @@ def test_a_create_applied_after_the_location_was_done_is_removed_at_the_end():
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
+    platform.finish_late_writes()
     check_replaced_exactly_once(platform, originals)
 
 
@@ -415,8 +418,21 @@ def test_a_connection_applied_after_it_was_sent_again_leaves_no_duplicate():
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
+    platform.finish_late_writes()
     check_replaced_exactly_once(platform, originals)
     assert platform.links() == sorted((parent, only_refined(platform, o)["_id"]) for o in originals)
+
+
+def test_a_create_refused_with_an_error_answer_is_checked_once_and_sent_again_without_waiting():
+    platform = FakePlatform()
+    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
+    platform.fail("create_annotations", unavailable=True)
+    writer, _ = writer_for(platform, parameters(platform))
+    refine_all(platform, writer, originals)
+    writer.finish()
+    check_replaced_exactly_once(platform, originals)
+    assert platform.calls.count("create_annotations") == 2
+    assert platform.clock.seconds < writeback.settle_seconds()  # a 503 came from something that waited
 
 
 def test_every_write_never_confirmed_is_sent_at_most_max_sends_times_then_reported():
