@@ -360,7 +360,8 @@ class Store:
                                       lambda doc: self._matches(doc, query), paging)
             else:
                 page = _page(self._matching(query), paging)
-            return orjson.dumps(page)
+            # Seeded documents may hold numpy numbers, which json.dumps takes as floats.
+            return orjson.dumps(page, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def count_annotations(self, query: AnnotationQuery) -> int:
         with self.lock:
