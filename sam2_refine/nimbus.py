@@ -539,14 +539,33 @@ class Platform:
             yield record_of(document)
 
     def existing_annotations(self, annotation_ids: list[str]) -> set[str]:
-        """Which of `annotation_ids` the dataset still holds."""
+        """Which of `annotation_ids` the dataset still holds (hydrate; a server without it,
+        as [K], is asked id by id)."""
         present: set[str] = set()
-        for chunk in iter_chunks(annotation_ids, HYDRATE_CHUNK):
-            documents = self._reading(
-                "check which annotations exist",
-                lambda chunk=chunk: self._girder.post("upenn_annotation/hydrate", json=chunk),
-            )
+        for start in range(0, len(annotation_ids), HYDRATE_CHUNK):
+            chunk = annotation_ids[start:start + HYDRATE_CHUNK]
+            try:
+                documents = self._reading(
+                    "check which annotations exist",
+                    lambda chunk=chunk: self._girder.post("upenn_annotation/hydrate", json=chunk),
+                )
+            except WorkerError as error:
+                if _status(error.__cause__) not in (404, 405):
+                    raise
+                return present | self._existing_one_by_one("upenn_annotation", annotation_ids[start:])
             present.update(str(document["_id"]) for document in documents)
+        return present
+
+    def _existing_one_by_one(self, path: str, ids: list[str]) -> set[str]:
+        present = set()
+        for document_id in ids:
+            try:
+                self._reading("check what exists", lambda: self._girder.get(f"{path}/{document_id}"))
+            except WorkerError as error:
+                if _status(error.__cause__) in (400, 404):  # Girder answers an unknown id with either
+                    continue
+                raise
+            present.add(document_id)
         return present
 
     def connections(self, touching: Collection[str] | None = None) -> list[ConnectionRecord]:
@@ -573,17 +592,7 @@ class Platform:
 
     def existing_connections(self, connection_ids: list[str]) -> set[str]:
         """Which of `connection_ids` the dataset still holds."""
-        present = set()
-        for connection_id in connection_ids:
-            try:
-                self._reading("check which connections exist",
-                              lambda: self._girder.get(f"annotation_connection/{connection_id}"))
-            except WorkerError as error:
-                if _status(error.__cause__) in (400, 404):  # Girder answers an unknown id with either
-                    continue
-                raise
-            present.add(connection_id)
-        return present
+        return self._existing_one_by_one("annotation_connection", connection_ids)
 
     def frame_image(self, location: Location, max_size: int | None = None) -> np.ndarray:
         """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32

@@ -175,3 +175,11 @@ def test_the_sessions_transport_is_ours_for_every_scheme(server, dataset):
     session = platform_for(server, dataset)._girder._session
     assert isinstance(session.get_adapter("http://127.0.0.1/"), nimbus.JobTransport)
     assert isinstance(session.get_adapter("https://example.org/"), nimbus.JobTransport)
+
+
+def test_without_hydrate_existing_annotations_are_asked_for_one_by_one(server, dataset):
+    present = server.add_annotation(dataset, [(1, 1)], shape="point")
+    server.inject_fault("POST", r"^upenn_annotation/hydrate$", status=404)  # as [K], which has no hydrate
+    assert platform_for(server, dataset).existing_annotations([present, "0" * 24]) == {present}
+    assert [p for m, p, *_ in server.request_log if m == "GET"] == [f"upenn_annotation/{present}",
+                                                                      f"upenn_annotation/{'0' * 24}"]
