@@ -585,8 +585,6 @@ class WriteBack:
         sends = 0
         backoff = nimbus.FIRST_BACKOFF
         while pending:
-            if sends >= MAX_SENDS or (sends and self.clock.now() - started > write_budget()):
-                return pending
             sends += 1
             try:
                 send(pending)
@@ -606,9 +604,11 @@ class WriteBack:
                 self.result.unknown_outcomes += 1
                 self._last_problem = str(unknown)
                 pending = self._settled(pending, missing, unknown.may_apply_later)
-                if pending and unknown.may_apply_later:
+                if unknown.may_apply_later:
                     self._last_resend = self.clock.now()
-                elif pending:
+                if pending and (sends >= MAX_SENDS or self.clock.now() - started > write_budget()):
+                    return pending
+                if pending and not unknown.may_apply_later:
                     self.clock.sleep(backoff)  # an error answer: the server is struggling, not slow
                     backoff *= 2
         return []

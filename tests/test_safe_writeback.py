@@ -21,7 +21,7 @@ from sam2_refine.nimbus import MARKER_KEY
 from sam2_refine.writeback import MAX_SENDS
 from tests.conftest import REPO, cells, compute_parameters, frames, oracle_env, run_worker
 
-FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "2"}
+FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "1", "SAM2_REFINE_HTTP_TIMEOUT": "2"}
 TAG = "rough"
 
 

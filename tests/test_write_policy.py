@@ -80,7 +80,8 @@ def test_connections_that_cannot_be_created_keep_the_originals_and_fail_the_job(
     dataset_id, originals = seed(server)
     parents = connect_each_to_a_parent(server, dataset_id, originals)
     server.inject_fault("POST", r"^annotation_connection/multiple$", status=500)
-    run = worker(replacing(dataset_id), dataset_id, extra_env={"SAM2_REFINE_RETRY_SECONDS": "1"})
+    run = worker(replacing(dataset_id), dataset_id, extra_env={"SAM2_REFINE_RETRY_SECONDS": "1",
+                                                               "SAM2_REFINE_HTTP_TIMEOUT": "2"})
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"{len(originals)} originals are still there" in run.errors[-1]["error"]
     assert set(originals) <= {a["_id"] for a in server.annotations(dataset_id)}
