@@ -5,7 +5,6 @@ connections that cannot be moved; resume that cannot be fooled by edits in the a
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 import requests
@@ -16,7 +15,7 @@ from sam2_refine.nimbus import MARKER_KEY
 from tests.conftest import compute_parameters, frames, run_worker
 from tests.oracle import Disk
 from tests.test_safe_writeback import (  # noqa: F401 (the `worker` fixture)
-    TAG, check_nothing_lost, refined_by_source, replacing, seed, worker,
+    TAG, check_nothing_lost, replacing, seed, worker,
 )
 
 HERE = {"XY": 0, "Z": 1, "Time": 0}
@@ -142,7 +141,8 @@ def test_an_original_edited_between_runs_is_refined_again_from_its_new_outline(s
     assert worker(keep, dataset_id).returncode == 0
     first = {a[MARKER_KEY].split("/", 1)[1]: a["_id"] for a in server.annotations(dataset_id) if MARKER_KEY in a}
     edited = originals[0]
-    outline = Polygon([(c["x"], c["y"]) for c in server._store.get_annotation(edited)["coordinates"]])
+    [document] = [a for a in server.annotations(dataset_id) if a["_id"] == edited]
+    outline = Polygon([(c["x"], c["y"]) for c in document["coordinates"]])
     put(server, edited, {"coordinates": [{"x": x, "y": y} for x, y in outline.buffer(2).exterior.coords[:-1]]})
     run = worker(replacing(dataset_id), dataset_id)  # the same settings, now replacing
     assert run.returncode == 0, run.stdout + run.stderr
@@ -166,7 +166,8 @@ def test_a_refined_polygon_edited_in_the_app_is_not_taken_for_a_missing_one(orac
         edited = refined[0]
         moved = [{"x": c["x"] + 0.5, "y": c["y"]} for c in edited["coordinates"]]
         put(server, edited["_id"], {"coordinates": moved})
-        assert MARKER_KEY not in server._store.get_annotation(edited["_id"])  # the PUT dropped the marker
+        [stored] = [a for a in server.annotations(dataset_id) if a["_id"] == edited["_id"]]
+        assert MARKER_KEY not in stored  # the PUT dropped the marker
         again = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"Refined 0 of 0; {len(originals)} already refined" in again.progress[-1]["info"]
