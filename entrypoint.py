@@ -3,8 +3,10 @@
     python entrypoint.py --apiUrl URL --token TOKEN --request {interface,compute}
                          --parameters JSON [--datasetId ID]
 
-Exit status: 0 done (skipped objects are warnings), 1 the job failed, 2 invalid input.
-Errors go to stdout as the platform's JSON error line; tracebacks go to stderr.
+Exit status: 0 done (skipped objects are warnings), 1 the job failed, 2 invalid input,
+143 cancelled (SIGTERM, the platform's cancel). Every way the job ends, from the first
+line of this file on, ends with the platform's JSON line on stdout (an error, or the
+final progress); tracebacks go to stderr.
 
 For `compute`, torch, sam2 and the predictor load in a background thread as soon as the
 worker has accepted the parameters (so a refused job never loads torch) while the job
@@ -14,38 +16,99 @@ flushed: tearing down torch's modules takes about a second and there is nothing 
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import json
-import os
 import signal
-import sys
-import threading
-import traceback
-from pathlib import Path
-
-from sam2_refine.errors import EXIT_FAILED, EXIT_INVALID_INPUT, WorkerError
-from sam2_refine.messages import Redactor, Reporter
-
-EXIT_CANCELLED = 143
 
 
 class Cancelled(BaseException):
     """SIGTERM (the platform's cancel); a BaseException so no error handler swallows it."""
 
 
+_armed = False  # SIGTERM raises Cancelled (once) only after `main` is ready to report it
+_cancelled = False
+
+
+def _on_sigterm(signum, frame):
+    global _armed, _cancelled
+    _cancelled = True
+    if _armed:
+        _armed = False  # one Cancelled per process: reporting it cannot be interrupted again
+        raise Cancelled()
+
+
+# First, so that a cancel during the imports below is noted and reported, not a bare kill.
+signal.signal(signal.SIGTERM, _on_sigterm)
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sam2_refine.errors import EXIT_FAILED, EXIT_INVALID_INPUT, WorkerError  # noqa: E402
+
+EXIT_CANCELLED = 143
+CANCEL_MESSAGE = ("The job was cancelled", "Anything saved before the cancel is kept.", "Cancelled")
+
+
+class _Lines:
+    """The platform's JSON lines for this process: through the job's Reporter once there
+    is one, written directly (the same format) before that; the token always redacted."""
+
+    def __init__(self) -> None:
+        self.reporter = None
+        self.token = ""
+        self.cancel_reported = False
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.token, "<token>") if self.token else text
+
+    def _redact(self, text: str | None) -> str | None:
+        """Redacted, on one line: the app parses the log line by line."""
+        return None if text is None else self._scrub(" ".join(str(text).splitlines()))
+
+    def error(self, message: str, info: str | None, title: str) -> None:
+        if self.reporter is not None:
+            self.reporter.error(message, info=info, title=title)
+            return
+        line = {"error": self._redact(message), "title": title, "info": self._redact(info), "type": "error"}
+        print(json.dumps(line), flush=True)
+
+    def log(self, text: str) -> None:
+        print(self._scrub(text), file=sys.stderr, flush=True)
+
+    def cancel(self) -> None:
+        """The cancel's line, once; it starts on a line of its own whatever was cut off."""
+        if self.cancel_reported:
+            return
+        self.cancel_reported = True
+        sys.stdout.write("\n")
+        message, info, title = CANCEL_MESSAGE
+        self.error(message, info, title)
+
+
+LINES = _Lines()
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _InvalidCommandLine(message)
+
+
+class _InvalidCommandLine(Exception):
+    pass
+
+
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Refine tagged polygons with SAM2 (a NimbusImage worker).")
+    parser = _ArgumentParser(description="Refine tagged polygons with SAM2 (a NimbusImage worker).")
     parser.add_argument("--apiUrl", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--request", required=True)
     parser.add_argument("--parameters", required=True)
     parser.add_argument("--datasetId", default=None)
     return parser.parse_args(argv)
-
-
-def _on_sigterm(signum, frame):
-    raise Cancelled()
 
 
 def _build_predictor(checkpoint: Path):
@@ -102,7 +165,7 @@ def _load_predictor(checkpoint: Path):
     return _build_predictor(Path(checkpoint))
 
 
-def run(args: argparse.Namespace, parameters: dict, reporter: Reporter, platform) -> None:
+def run(args: argparse.Namespace, parameters: dict, reporter, platform) -> None:
     from sam2_refine import worker
 
     if args.request == "interface":
@@ -113,46 +176,78 @@ def run(args: argparse.Namespace, parameters: dict, reporter: Reporter, platform
         reporter.log(f"request {args.request!r} is not handled by this worker; nothing to do")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _start(argv: list[str]):
+    """The command line, settings and platform connection; raises what stops the job."""
     global _request
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_arguments(argv)
+    except _InvalidCommandLine as error:
+        raise _Refused(f"Invalid command line: {error}", "The platform passes --apiUrl, --token, --request, "
+                                                         "--parameters and --datasetId.") from None
+    LINES.token = args.token
     _request = args.request
-    redact = Redactor([args.token])
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         parameters = json.loads(args.parameters)
         if not isinstance(parameters, dict):
             raise ValueError("not a JSON object")
     except ValueError as error:
-        print(json.dumps({"error": f"--parameters is not a JSON object: {error}", "title": "Error",
-                          "info": "The platform sends the job's parameters as JSON.", "type": "error"}), flush=True)
-        return EXIT_INVALID_INPUT
+        raise _Refused(f"--parameters is not a JSON object: {error}",
+                       "The platform sends the job's parameters as JSON.") from None
 
-    from sam2_refine.nimbus import Platform
+    from sam2_refine import nimbus
+    from sam2_refine.messages import Redactor, Reporter
 
-    platform = Platform(args.apiUrl, args.token, args.datasetId, parameters)
-    reporter = Reporter(platform.context, redact)
+    nimbus.configure(os.environ)
     try:
+        platform = nimbus.Platform(args.apiUrl, args.token, args.datasetId, parameters)
+    except ValueError as error:
+        raise WorkerError(f"Could not connect to the platform: {error}", info="Check the --apiUrl the platform "
+                                                                              "passes.") from error
+    LINES.reporter = Reporter(platform.context, Redactor([args.token]))
+    return args, parameters, LINES.reporter, platform
+
+
+class _Refused(Exception):
+    """The command line itself is unusable (exit 2)."""
+
+    def __init__(self, message: str, info: str):
+        super().__init__(message)
+        self.message, self.info = message, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _armed
+    _armed = True
+    if _cancelled:  # SIGTERM arrived while this file was still importing
+        _armed = False
+        raise Cancelled()
+    try:
+        args, parameters, reporter, platform = _start(sys.argv[1:] if argv is None else argv)
         run(args, parameters, reporter, platform)
         return 0
-    except WorkerError as error:
-        reporter.log("".join(traceback.format_exception(error)))
-        reporter.error(error.message, info=error.info, title=error.title)
-        return error.exit_code
+    except _Refused as refused:
+        LINES.error(refused.message, refused.info, "Error")
+        return EXIT_INVALID_INPUT
     except (Cancelled, KeyboardInterrupt):
-        reporter.error("The job was cancelled", info="Anything saved before the cancel is kept.", title="Cancelled")
+        LINES.cancel()
         return EXIT_CANCELLED
     except Exception as error:
-        reporter.log("".join(traceback.format_exception(error)))
-        reporter.error(
-            f"Unexpected error: {type(error).__name__}: {error}",
-            info="This is a bug in SAM2 Refiner; the job log has the details.",
-        )
+        LINES.log("".join(traceback.format_exception(error)))
+        if isinstance(error, WorkerError):
+            LINES.error(error.message, error.info, error.title)
+            return error.exit_code
+        LINES.error(f"Unexpected error: {type(error).__name__}: {error}",
+                    "This is a bug in SAM2 Refiner; the job log has the details.", "Error")
         return EXIT_FAILED
 
 
 def exit_process(status: int, fast: bool) -> None:
     """Exit with `status`; `fast`: flush stdout and stderr, then skip interpreter teardown."""
+    global _armed
+    _armed = False
+    if _cancelled:  # a cancel that came while the job's end was being reported
+        LINES.cancel()
+        status = EXIT_CANCELLED
     if fast:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -161,5 +256,9 @@ def exit_process(status: int, fast: bool) -> None:
 
 
 if __name__ == "__main__":
-    status = main()
+    try:
+        status = main()
+    except Cancelled:  # raised between main's own handlers, or while one was reporting
+        LINES.cancel()
+        status = EXIT_CANCELLED
     exit_process(status, fast=_request == "compute")

@@ -537,9 +537,20 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--windows", nargs="?", const="current", metavar="TILING_PY",
                         help="only plan Auto's windows (current tiling.py, or the file given) and print their cost")
+    parser.add_argument("--dataset-scale", action="store_true",
+                        help="only the 5-frame job on datasets of 5 and 300 frames (benchmarks/dataset_scale.py)")
     args = parser.parse_args()
     if args.windows:
         print("\n".join(windows_report(None if args.windows == "current" else Path(args.windows))))
+        return 0
+    if args.dataset_scale:
+        from benchmarks.dataset_scale import dataset_scale_lines
+
+        ensure_checkpoints()
+        print(f"$ .venv/bin/python benchmarks/run.py {' '.join(sys.argv[1:])}")
+        for line in machine_lines():
+            print(line)
+        print("\n".join(dataset_scale_lines(run_process, parameters, CHECKPOINT_DIR, args.repeat)))
         return 0
     cases = QUICK if args.quick else DEFAULT
     if args.only:

@@ -203,8 +203,8 @@ class Api:
 
     # --- annotations --------------------------------------------------------
 
-    def list_annotations(self, request: Request) -> list[dict]:
-        return self.store.list_annotations(_annotation_query(request.query), _paging(request.query))
+    def list_annotations(self, request: Request) -> Response:
+        return Response(200, self.store.annotation_page_json(_annotation_query(request.query), _paging(request.query)))
 
     def count_annotations(self, request: Request) -> dict:
         return {"count": self.store.count_annotations(_annotation_query(request.query))}

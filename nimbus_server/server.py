@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 import secrets
 import threading
@@ -24,7 +26,15 @@ LogEntry = tuple[str, str, dict[str, str], int]
 
 @dataclass
 class Fault:
-    """An injected failure; ``hits`` counts the requests it affected."""
+    """An injected failure; ``hits`` counts the requests it affected.
+
+    Without ``after_apply`` the fault comes first: ``delay`` seconds, then ``status``
+    (not applied), or, with no status, the request is applied after the delay (a write
+    applied late, after the client gave up). With ``after_apply`` the request is applied,
+    then the delay, then ``status`` (or the real answer, late). ``drop`` closes the
+    connection instead of answering. ``apply_only`` applies only the first that many
+    documents of a JSON list body (a partial insert).
+    """
 
     method: str
     pattern: re.Pattern[str]
@@ -33,6 +43,8 @@ class Fault:
     times: int | None
     after_apply: bool
     body: str | None
+    drop: bool = False
+    apply_only: int | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -43,6 +55,57 @@ class Fault:
     def response(self) -> Response:
         assert self.status is not None
         return Response.of_error(ApiError(self.status, self.body or "Injected fault", "rest"))
+
+
+FAULT_KINDS = ("error", "hang", "applied then 502", "late answer", "dropped", "applied then dropped",
+               "applied late")
+
+
+class RandomFaults:
+    """A share of all requests failing, each in one of `kinds` (FAULT_KINDS) chosen by a
+    seeded generator. `hang` is how long a hang or a late answer lasts (past the client's
+    timeout); a late write is applied `late` seconds (a range) after it arrived."""
+
+    def __init__(self, rate: float, seed: int, kinds: Sequence[str] = FAULT_KINDS, hang: float = 1.5,
+                 late: tuple[float, float] = (1.2, 3.0)) -> None:
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+        self.rate, self.kinds, self.hang, self.late = rate, tuple(kinds), hang, late
+        self._random = random.Random(seed)
+        self.counts: dict[str, int] = {kind: 0 for kind in kinds}
+        self.write_counts: dict[str, int] = {kind: 0 for kind in kinds}  # of those, on writes (not GET)
+
+    def draw(self, method: str, path: str) -> Fault | None:
+        if self._random.random() >= self.rate:
+            return None
+        kind = self._random.choice(self.kinds)
+        self.counts[kind] += 1
+        if method != "GET" and not path.endswith("hydrate"):
+            self.write_counts[kind] += 1
+        any_path = re.compile("")
+        if kind == "error":
+            return Fault(method, any_path, self._random.choice((500, 503)), 0.0, 1, False, "Injected error")
+        if kind == "hang":
+            return Fault(method, any_path, 504, self.hang, 1, False, "Gateway timeout")
+        if kind == "applied then 502":
+            return Fault(method, any_path, 502, 0.0, 1, True, "Bad gateway")
+        if kind == "late answer":
+            return Fault(method, any_path, None, self.hang, 1, True, None)
+        if kind == "dropped":
+            return Fault(method, any_path, None, 0.0, 1, False, None, drop=True)
+        if kind == "applied then dropped":
+            return Fault(method, any_path, None, 0.0, 1, True, None, drop=True)
+        return Fault(method, any_path, None, self._random.uniform(*self.late), 1, False, None)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0: the connection was dropped without an answer
+    body: bytes  # of writes (not GET) only
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -70,13 +133,20 @@ class NimbusServer:
     itself answers 400 "Invalid <model> id (...)."; the default is 404).
     """
 
-    def __init__(self, token: str | None = None, missing_id_status: int = 404) -> None:
+    def __init__(self, token: str | None = None, missing_id_status: int = 404, max_body_bytes: int | None = None,
+                 put_keeps_only_schema_fields: bool = False) -> None:
         self.token = token if token is not None else secrets.token_hex(24)
-        self._store = Store(missing_id_status=missing_id_status)
+        self._store = Store(missing_id_status=missing_id_status,
+                            put_keeps_only_schema_fields=put_keeps_only_schema_fields)
         self._api = Api(self._store)
         self._faults: list[Fault] = []
+        self._random_faults: RandomFaults | None = None
         self._log: list[LogEntry] = []
+        self._requests: list[LoggedRequest] = []
+        self.max_body_bytes = max_body_bytes  # a larger request body gets a 413, as a proxy would answer
         self._meta_lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._meta_lock)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -210,6 +280,10 @@ class NimbusServer:
     def connections(self, dataset_id: str) -> list[dict]:
         return self._store.dataset_connections(dataset_id)
 
+    def delete_annotations(self, annotation_ids: Sequence[str]) -> None:
+        """Remove annotations directly (for tests and benchmarks); connections are kept."""
+        self._store.delete_annotations(list(annotation_ids))
+
     @property
     def interfaces(self) -> dict[str, Any]:
         """Image name -> the interface posted for it."""
@@ -220,6 +294,12 @@ class NimbusServer:
         """(method, path, query, status) of every request so far, in order."""
         with self._meta_lock:
             return list(self._log)
+
+    @property
+    def requests(self) -> list[LoggedRequest]:
+        """Every request so far, in order, with the bodies of writes."""
+        with self._meta_lock:
+            return list(self._requests)
 
     # --- faults -------------------------------------------------------------
 
@@ -232,18 +312,27 @@ class NimbusServer:
         times: int | None = None,
         after_apply: bool = False,
         body: str | None = None,
+        drop: bool = False,
+        apply_only: int | None = None,
     ) -> Fault:
         """Fail (or delay) requests whose method matches (``"*"``: any) and
-        whose path below /api/v1/ matches ``re.search(path_regex)``.
-        ``after_apply``: the request takes effect, then the fault answers."""
-        fault = Fault(method, re.compile(path_regex), status, delay, times, after_apply, body)
+        whose path below /api/v1/ matches ``re.search(path_regex)``; see `Fault`."""
+        fault = Fault(method, re.compile(path_regex), status, delay, times, after_apply, body, drop, apply_only)
         with self._meta_lock:
             self._faults.append(fault)
         return fault
 
+    def inject_random_faults(self, rate: float, seed: int, **options: Any) -> RandomFaults:
+        """Make a share `rate` of all later requests fail at random (see `RandomFaults`)."""
+        faults = RandomFaults(rate, seed, **options)
+        with self._meta_lock:
+            self._random_faults = faults
+        return faults
+
     def clear_faults(self) -> None:
         with self._meta_lock:
             self._faults.clear()
+            self._random_faults = None
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._meta_lock:
@@ -251,11 +340,29 @@ class NimbusServer:
                 if fault.matches(method, path):
                     fault.hits += 1
                     return fault
+            if self._random_faults is not None:
+                return self._random_faults.draw(method, path)
         return None
 
     # --- HTTP ---------------------------------------------------------------
 
+    def wait_until_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no request is being handled (a late write still sleeping, say);
+        False if `timeout` seconds passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
     def _serve(self, handler: _Handler) -> None:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            self._serve_one(handler)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _serve_one(self, handler: _Handler) -> None:
         method = handler.command
         parts = urlsplit(handler.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -264,23 +371,38 @@ class NimbusServer:
         path = unquote(parts.path)
         if path == API_ROOT or path.startswith(API_ROOT + "/"):
             path = path[len(API_ROOT):].strip("/")
-            response = self._respond(handler, method, path, query, body)
+            if self.max_body_bytes is not None and length > self.max_body_bytes:
+                response = Response.of_error(ApiError(413, "Request Entity Too Large"))
+            else:
+                response = self._respond(handler, method, path, query, body)
         else:
             response = Response.of_error(ApiError(404, f'No matching route for "{method} {path}"'))
         # Logged before answering, so the log follows the order clients see.
+        status = 0 if response is None else response.status
         with self._meta_lock:
-            self._log.append((method, path, query, response.status))
+            self._log.append((method, path, query, status))
+            self._requests.append(LoggedRequest(method, path, query, status, body if method != "GET" else b""))
+        if response is None:
+            handler.close_connection = True  # dropped: the client gets no answer at all
+            return
         self._send(handler, response)
 
-    def _respond(self, handler: _Handler, method: str, path: str, query: dict[str, str], body: bytes) -> Response:
+    def _respond(self, handler: _Handler, method: str, path: str, query: dict[str, str], body: bytes
+                 ) -> Response | None:
         fault = self._take_fault(method, path)
         if fault is not None and not fault.after_apply:
             time.sleep(fault.delay)
+            if fault.drop:
+                return None
             if fault.status is not None:
                 return fault.response()
+        if fault is not None and fault.apply_only is not None:
+            body = _first_of_list(body, fault.apply_only)
         response = self._answer(handler, Request(method, path, query, body))
         if fault is not None and fault.after_apply:
             time.sleep(fault.delay)
+            if fault.drop:
+                return None
             if fault.status is not None:
                 return fault.response()
         return response
@@ -307,3 +429,12 @@ class NimbusServer:
                 handler.wfile.write(response.body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timed out or was killed); what it asked for stands
+
+
+def _first_of_list(body: bytes, count: int) -> bytes:
+    """A JSON list body cut to its first `count` items (other bodies unchanged)."""
+    try:
+        items = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return body
+    return json.dumps(items[:count]).encode("utf-8") if isinstance(items, list) else body

@@ -7,6 +7,7 @@ JSON types (``_out``).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import math
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import orjson
 
 from nimbus_server.errors import ApiError, validation_error
 from nimbus_server.images import ImageData
@@ -105,6 +107,26 @@ def _page(docs: list[dict], paging: Paging) -> list[dict]:
     return docs[:paging.limit] if paging.limit else docs
 
 
+def _page_in_order(order: list[str], table: dict[str, dict], keep: Callable[[dict], bool], paging: Paging
+                   ) -> list[dict]:
+    """`_page` sorted by ascending `_id`, walking `order` (every id inserted, ascending)
+    from the cursor instead of sorting the whole table."""
+    start = bisect.bisect_right(order, paging.after_id) if paging.after_id is not None else 0
+    skip = paging.offset if paging.after_id is None else 0
+    page: list[dict] = []
+    for index in range(start, len(order)):
+        doc = table.get(order[index])
+        if doc is None or not keep(doc):
+            continue
+        if skip:
+            skip -= 1
+            continue
+        page.append(doc)
+        if paging.limit and len(page) >= paging.limit:
+            break
+    return page
+
+
 def _same_id(a: Any, b: Any) -> bool:
     """Equality as MongoDB sees it: an ObjectId never equals a string."""
     return type(a) is type(b) and a == b
@@ -158,9 +180,12 @@ def complete_layer(layer: dict, index: int, channel_names: list[str]) -> dict:
 class Store:
     """All documents of one server."""
 
-    def __init__(self, missing_id_status: int = 404) -> None:
+    def __init__(self, missing_id_status: int = 404, put_keeps_only_schema_fields: bool = False) -> None:
         self.lock = threading.RLock()
         self.missing_id_status = missing_id_status
+        # PUT stores only schema fields, dropping the document's other keys (as PLATFORM.md
+        # §4 describes [N]); by default only the request's other keys are dropped.
+        self.put_keeps_only_schema_fields = put_keeps_only_schema_fields
         self._ids = ObjectIdFactory()
         self.user = self._new_user()
         self.private_folder_id = self._ids.new()
@@ -170,7 +195,11 @@ class Store:
         self.configurations: dict[str, dict] = {}
         self.views: dict[str, dict] = {}
         self.annotations: dict[str, dict] = {}
+        # Every annotation id ever inserted, in `_id` order (ids strictly increase): the
+        # platform's (datasetId, _id) index, so a page after a cursor costs the page.
+        self._annotation_order: list[str] = []
         self.connections: dict[str, dict] = {}
+        self._connection_order: list[str] = []
         self.interfaces: dict[str, dict] = {}
 
     def _new_user(self) -> dict:
@@ -304,17 +333,35 @@ class Store:
 
     # --- annotations --------------------------------------------------------
 
-    def _matching(self, query: AnnotationQuery) -> list[dict]:
-        return [
-            doc for doc in self.annotations.values()
-            if isinstance(doc.get("datasetId"), Oid) and doc["datasetId"] == query.dataset_id
+    @staticmethod
+    def _matches(doc: dict, query: AnnotationQuery) -> bool:
+        return (
+            isinstance(doc.get("datasetId"), Oid) and doc["datasetId"] == query.dataset_id
             and (query.shape is None or doc.get("shape") == query.shape)
             and all(tag in (doc.get("tags") or []) for tag in query.tags or [])
-        ]
+        )
+
+    def _matching(self, query: AnnotationQuery) -> list[dict]:
+        return [doc for doc in self.annotations.values() if self._matches(doc, query)]
 
     def list_annotations(self, query: AnnotationQuery, paging: Paging) -> list[dict]:
         with self.lock:
+            if paging.sort == "_id" and paging.sortdir >= 0:
+                return _out(_page_in_order(self._annotation_order, self.annotations,
+                                           lambda doc: self._matches(doc, query), paging))
             return _out(_page(self._matching(query), paging))
+
+    def annotation_page_json(self, query: AnnotationQuery, paging: Paging) -> bytes:
+        """`list_annotations` as the response body: serialized once, not copied first
+        (stored documents are replaced, never changed in place)."""
+        with self.lock:
+            if paging.sort == "_id" and paging.sortdir >= 0:
+                page = _page_in_order(self._annotation_order, self.annotations,
+                                      lambda doc: self._matches(doc, query), paging)
+            else:
+                page = _page(self._matching(query), paging)
+            # Seeded documents may hold numpy numbers, which json.dumps takes as floats.
+            return orjson.dumps(page, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def count_annotations(self, query: AnnotationQuery) -> int:
         with self.lock:
@@ -325,15 +372,15 @@ class Store:
             return _out(self._load(self.annotations, "upenn_annotation", annotation_id))
 
     def hydrate(self, annotation_ids: list[str]) -> list[dict]:
-        wanted = set(annotation_ids)
         with self.lock:
-            return _out([doc for key, doc in self.annotations.items() if key in wanted])
+            return _out([self.annotations[key] for key in sorted(set(annotation_ids)) if key in self.annotations])
 
     def _insert_annotation(self, doc: dict) -> dict:
         annotation_id = self._ids.new()
         fields = {key: value for key, value in doc.items() if key != "_id"}
         stored = {"_id": annotation_id, **fields, "datasetId": Oid(fields["datasetId"])}
         self.annotations[annotation_id] = stored
+        self._annotation_order.append(annotation_id)
         return stored
 
     def _check_annotation_datasets(self, docs: list[dict]) -> None:
@@ -374,6 +421,8 @@ class Store:
         ``datasetId`` is stored as it came (a string), as the platform does."""
         kept = {key: value for key, value in changes.items() if key in ANNOTATION_FIELDS}
         merged = {**current, **kept}
+        if self.put_keeps_only_schema_fields:
+            merged = {key: value for key, value in merged.items() if key in ANNOTATION_FIELDS or key == "_id"}
         validate_annotation({**merged, "datasetId": str(merged["datasetId"])})
         if "datasetId" in kept:
             if not isinstance(kept["datasetId"], str):
@@ -441,6 +490,7 @@ class Store:
         connection_id = self._ids.new()
         stored = {"_id": connection_id, **{k: v for k, v in doc.items() if k != "_id"}}
         self.connections[connection_id] = stored
+        self._connection_order.append(connection_id)
         return stored
 
     def _check_connections(self, docs: list[Any]) -> None:
@@ -483,6 +533,8 @@ class Store:
             )
 
         with self.lock:
+            if paging.sort == "_id" and paging.sortdir >= 0:
+                return _out(_page_in_order(self._connection_order, self.connections, matches, paging))
             return _out(_page(self._connections_where(matches), paging))
 
     def get_connection(self, connection_id: str) -> dict:

@@ -27,8 +27,8 @@ from .nimbus import FrameGeometry, Platform
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import LocationWork, run_pipeline
-from .review import ADVICE, original_outline
-from .writeback import Counterpart, Refined, WriteBack, is_output_of, run_key
+from .review import ADVICE, original_outline, unpadded
+from .writeback import Counterpart, Refined, Unfinished, WriteBack, is_output_of, read_job, run_key
 
 # Shares of the progress bar.
 LOADING_SHARE = 0.05
@@ -202,25 +202,6 @@ def _report_doubtful(tally: Tally, policy: str, reporter: Reporter) -> None:
                      info=f"{advice} {reasons}")
 
 
-def _report_write_problems(writer: WriteBack, params: RefineParameters, reporter: Reporter) -> None:
-    result = writer.result
-    if result.kept_originals:
-        reporter.warning(
-            f"{result.kept_originals} originals were kept next to their refined versions: deleting them failed",
-            info=(
-                f"{result.delete_failures[0]}. The refined polygons carry the tags "
-                f"{', '.join(params.output_tags) or 'of their originals'}; the originals still carry "
-                f"{', '.join(params.refine_tags)}. Run the tool again with the same settings to finish, "
-                "or delete the originals by tag in the app."
-            ),
-        )
-    if result.connect_failures:
-        reporter.warning(
-            "Refined polygons were saved, but connecting some of them to their nearest parents failed",
-            info=f"{result.connect_failures[0]}. Run the tool again with the same settings, or use the app's connection tools.",
-        )
-
-
 def _summary(tally: Tally, writer: WriteBack, params: RefineParameters) -> str:
     result = writer.result
     summary = f"Refined {result.created} of {tally.to_refine}"
@@ -267,12 +248,10 @@ def run_compute(
         prepare_predictor(params.checkpoint_path)
     key = run_key(params)
     reporter.progress(0.0, "Reading annotations", force=True)
-    by_location = select_originals(platform.polygons(params.refine_tags), params.refine_tags, locations, key)
+    job = read_job(platform, params, key, locations)
+    by_location = job.originals
     # Originals a run with the same settings already refined: never refined again.
-    earlier = {
-        original_id: Counterpart.of(document)
-        for original_id, document in platform.marked_annotations(key, list(params.output_tags)).items()
-    }
+    earlier = job.earlier.counterparts
     tally = Tally()
     for originals in by_location.values():
         done = sum(1 for original in originals if original["_id"] in earlier)
@@ -291,7 +270,7 @@ def run_compute(
     if tally.to_refine:
         reporter.progress(0.01, f"Loading {params.model_name}", force=True)
     writer = WriteBack(platform, params, key, reporter)
-    writer.prepare()
+    writer.prepare(job)
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
 
     def predictor() -> MaskPredictor:
@@ -301,7 +280,8 @@ def run_compute(
 
     def works():
         for location in list(by_location):
-            yield _location_work(platform, location, by_location.pop(location), earlier, frame, params, reporter)
+            yield _location_work(platform, location, by_location.pop(location), earlier,
+                                 job.earlier.accepted_polygons(location), frame, params, reporter)
 
     def finish(work: LocationWork, outcomes: list[Outcome]) -> None:
         _finish_location(work, outcomes, params, writer, tally, reporter)
@@ -312,17 +292,21 @@ def run_compute(
                              lambda work, done: _progress(work, done, tally, reporter), workers)
         where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
+        writer.finish()
     except WorkerError as error:
         _report_skipped(tally.skipped, reporter)
         _report_doubtful(tally, params.doubtful, reporter)
-        _report_write_problems(writer, params, reporter)
-        if writer.result.created:
-            error.info = (f"{error.info} The {plural(writer.result.created, 'refined polygon')} saved before "
-                          "are kept; run the tool again with the same settings to continue.")
+        reporter.progress(1.0, _summary(tally, writer, params), force=True)
+        if not isinstance(error, Unfinished):
+            left = writer.left_undone()
+            if writer.result.created:
+                error.info = (f"{error.info} The {plural(writer.result.created, 'refined polygon')} saved before "
+                              "are kept; run the tool again with the same settings to continue.")
+            if left:
+                error.info = f"{error.info} Also left undone: {left}."
         raise
     _report_skipped(tally.skipped, reporter)
     _report_doubtful(tally, params.doubtful, reporter)
-    _report_write_problems(writer, params, reporter)
     reporter.progress(1.0, _summary(tally, writer, params), force=True)
     if tally.to_refine and not writer.result.created and not writer.result.completed:
         reasons = Counter(tally.skipped) + Counter(tally.doubtful)
@@ -347,12 +331,15 @@ def _location_work(
     location: Location,
     originals: list[dict],
     earlier: dict[str, Counterpart],
+    accepted_earlier: list,
     frame: FrameGeometry,
     params: RefineParameters,
     reporter: Reporter,
 ) -> LocationWork:
     """A location for the pipeline: the originals still to refine, and those an earlier run
-    refined (only write-back may be left to do for them)."""
+    refined (only write-back may be left to do for them); `accepted_earlier` are the
+    outlines an earlier run with the same settings accepted here, which the overlap check
+    counts as kept (one accepted outline per cell across runs)."""
     done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
     todo = [original for original in originals if original["_id"] not in earlier]
     return LocationWork(
@@ -360,6 +347,8 @@ def _location_work(
         coordinates=[prompt_coordinates(original) for original in todo],
         outlines=[original_outline(original) for original in todo],
         fetch=window_images(platform, location, frame, params.resolution, reporter),
+        accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
+                            for polygon in accepted_earlier],
         context=_Place(location, todo, done),
     )
 

@@ -1,6 +1,7 @@
 """An in-memory platform for write-back unit tests: what `writeback.Platform` asks for,
 with the server's rules that matter to write-back (create in request order, all or
-nothing; unknown ids skipped on delete; connections need both ends) and scripted faults.
+nothing; unknown ids skipped on delete; connections need both ends; ids in creation
+order) and scripted faults, on a clock that only moves when write-back waits.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from sam2_refine.nimbus import MARKER_KEY, OutcomeUnknown
+from sam2_refine.nimbus import MARKER_KEY, OutcomeUnknown, PayloadTooLarge, record_of, ConnectionRecord
+from sam2_refine.parameters import Location
+from sam2_refine.writeback import Clock
 
 
 class HttpError(Exception):
@@ -18,21 +21,45 @@ class HttpError(Exception):
         self.responseText = f'{{"message": "{message}"}}'
 
 
+class FakeClock(Clock):
+    """Seconds that pass only when write-back sleeps."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.slept: list[float] = []
+        super().__init__(now=lambda: self.seconds, sleep=self._sleep)
+
+    def _sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.seconds += seconds
+
+
 class FakePlatform:
-    def __init__(self, dataset_id: str = "d" * 24):
+    def __init__(self, dataset_id: str = "d" * 24, clock: FakeClock | None = None):
         self.dataset_id = dataset_id
+        self.clock = clock or FakeClock()
         self.annotations: dict[str, dict] = {}
-        self.connections: dict[str, dict] = {}
+        self.connections_by_id: dict[str, dict] = {}
         self.calls: list[str] = []
+        self.bodies: list[tuple[str, list]] = []  # (method, request body) of every write
+        self.max_body_items: int | None = None  # larger write bodies get a 413
         self._ids = (f"{n:024x}" for n in itertools.count(1))
+        self._newest = "0" * 24
         # method name -> callables run before the call; each may raise (a fault) or
-        # return "after" to apply the call and then raise OutcomeUnknown.
-        self._faults: dict[str, list[Callable[[], str | None]]] = {}
+        # return how the call goes wrong: "after" (applied, then a 502), ("late",
+        # seconds) (no answer in time, applied that much later), "lost" (no answer in
+        # time, never applied), "error" (a 503, not applied).
+        self._faults: dict[str, list[Callable[[], object]]] = {}
+        self._late: list[tuple[float, Callable[[], None]]] = []
 
     # --- seeding and inspection ------------------------------------------------
 
+    def _new_id(self) -> str:
+        self._newest = next(self._ids)
+        return self._newest
+
     def add(self, coordinates, tags=(), shape="polygon", location=None, channel=0, **extra) -> str:
-        annotation_id = next(self._ids)
+        annotation_id = self._new_id()
         self.annotations[annotation_id] = {
             "_id": annotation_id, "shape": shape, "tags": list(tags), "channel": channel,
             "location": location or {"XY": 0, "Z": 0, "Time": 0},
@@ -42,88 +69,161 @@ class FakePlatform:
         return annotation_id
 
     def connect(self, parent: str, child: str, tags=(), label=None) -> str:
-        connection_id = next(self._ids)
-        self.connections[connection_id] = {"_id": connection_id, "parentId": parent, "childId": child,
-                                           "datasetId": self.dataset_id, "tags": list(tags), "label": label}
+        connection_id = self._new_id()
+        self.connections_by_id[connection_id] = {"_id": connection_id, "parentId": parent, "childId": child,
+                                                 "datasetId": self.dataset_id, "tags": list(tags), "label": label}
         return connection_id
 
     def links(self) -> list[tuple[str, str]]:
-        return sorted((c["parentId"], c["childId"]) for c in self.connections.values())
+        return sorted((c["parentId"], c["childId"]) for c in self.connections_by_id.values())
 
     def refined_of(self, original_id: str) -> list[dict]:
         return [a for a in self.annotations.values() if str(a.get(MARKER_KEY, "")).endswith(f"/{original_id}")]
 
-    def fail(self, method: str, error: Exception | None = None, times: int = 1, after_apply: bool = False) -> None:
-        def fault() -> str | None:
+    def fail(self, method: str, error: Exception | None = None, times: int = 1, after_apply: bool = False,
+             late: float | None = None, lost: bool = False, unavailable: bool = False,
+             after_calls: int = 0) -> None:
+        """The next `times` calls of `method` (after the next `after_calls`) go wrong."""
+        def fault() -> object:
             if after_apply:
                 return "after"
+            if late is not None:
+                return ("late", late)
+            if lost:
+                return "lost"
+            if unavailable:
+                return "error"
             raise error
 
-        self._faults.setdefault(method, []).extend([fault] * times)
+        self._faults.setdefault(method, []).extend([lambda: None] * after_calls + [fault] * times)
 
-    def _enter(self, method: str) -> bool:
-        """Record the call; True when the call must be applied and then reported unknown."""
+    def _apply_due(self) -> None:
+        due = [(at, apply) for at, apply in self._late if at <= self.clock.seconds]
+        self._late = [(at, apply) for at, apply in self._late if at > self.clock.seconds]
+        for _, apply in due:
+            apply()
+
+    def finish_late_writes(self) -> None:
+        """Apply every write still held back (the server finishing what it was doing)."""
+        self._late, pending = [], self._late
+        for _, apply in pending:
+            apply()
+
+    def _enter(self, method: str) -> object:
+        """Record the call; how it goes wrong, if it does."""
+        self._apply_due()
         self.calls.append(method)
         queue = self._faults.get(method)
         if queue:
-            return queue.pop(0)() == "after"
-        return False
+            return queue.pop(0)()
+        return None
 
-    # --- the protocol ------------------------------------------------------------
+    def _write(self, method: str, body: list, apply: Callable[[], list]) -> list:
+        fault = self._enter(method)
+        self.bodies.append((method, list(body)))
+        if self.max_body_items is not None and len(body) > self.max_body_items:
+            raise PayloadTooLarge("HTTP 413")
+        if fault == "lost":
+            raise OutcomeUnknown("no answer within the time limit")
+        if fault == "error":
+            raise OutcomeUnknown("HTTP 503", may_apply_later=False)
+        if isinstance(fault, tuple):
+            self._late.append((self.clock.seconds + fault[1], apply))
+            raise OutcomeUnknown("no answer in time")
+        result = apply()
+        if fault == "after":
+            raise OutcomeUnknown("HTTP 502", may_apply_later=False)
+        return result
+
+    # --- the protocol: reads ------------------------------------------------------
+
+    def cursor(self) -> str | None:
+        return self._newest
+
+    def _records(self, keep: Callable[[dict], bool], locations) -> list:
+        wanted = None if locations is None else set(locations)
+        return [record_of(a) for a in list(self.annotations.values())
+                if keep(a) and (wanted is None or Location.from_dict(a.get("location")) in wanted)]
+
+    def tagged_annotations(self, any_of_tags: tuple[str, ...], locations=None) -> list:
+        self._enter("tagged_annotations")
+        return self._records(lambda a: not any_of_tags or bool(set(any_of_tags) & set(a["tags"])), locations)
+
+    def polygons(self, any_of_tags: tuple[str, ...], locations=None) -> list:
+        self._enter("polygons")
+        return self._records(lambda a: a["shape"] in ("polygon", "rectangle")
+                             and (not any_of_tags or bool(set(any_of_tags) & set(a["tags"]))), locations)
+
+    def output_polygons(self, tags: tuple[str, ...], locations=None) -> list:
+        self._enter("output_polygons")
+        return self._records(lambda a: a["shape"] == "polygon" and all(t in a["tags"] for t in tags), locations)
+
+    def annotations_since(self, cursor: str | None, tags: tuple[str, ...]):
+        self._enter("annotations_since")
+        return self._records(lambda a: a["_id"] > (cursor or "") and a["shape"] == "polygon"
+                             and all(t in a["tags"] for t in tags), None)
+
+    def existing_annotations(self, annotation_ids: list[str]) -> set[str]:
+        self._enter("existing_annotations")
+        return {a for a in annotation_ids if a in self.annotations}
+
+    def connections(self, touching=None) -> list:
+        self._enter("connections")
+        return [ConnectionRecord.of(c) for c in list(self.connections_by_id.values())
+                if touching is None or c["parentId"] in touching or c["childId"] in touching]
+
+    def connections_since(self, cursor: str | None):
+        self._enter("connections_since")
+        return [ConnectionRecord.of(c) for c in list(self.connections_by_id.values()) if c["_id"] > (cursor or "")]
+
+    def existing_connections(self, connection_ids: list[str]) -> set[str]:
+        self._enter("existing_connections")
+        return {c for c in connection_ids if c in self.connections_by_id}
+
+    # --- the protocol: writes ------------------------------------------------------
 
     def create_annotations(self, documents: list[dict]) -> list[dict]:
-        lose_answer = self._enter("create_annotations")
         for document in documents:
             assert {"coordinates", "tags", "channel", "location", "shape", "datasetId"} <= set(document)
             assert document["shape"] in ("point", "line", "polygon", "rectangle")
             assert all(isinstance(tag, str) for tag in document["tags"])
-        created = []
-        for document in documents:
-            annotation_id = next(self._ids)
-            self.annotations[annotation_id] = {**document, "_id": annotation_id}
-            created.append(dict(self.annotations[annotation_id]))
-        if lose_answer:
-            raise OutcomeUnknown("answer lost")
-        return created
 
-    def marked_annotations(self, run_key: str, tags: list[str]) -> dict[str, dict]:
-        self._enter("marked_annotations")
-        prefix = f"{run_key}/"
-        return {
-            a[MARKER_KEY][len(prefix):]: dict(a) for a in self.annotations.values()
-            if str(a.get(MARKER_KEY, "")).startswith(prefix) and all(t in a["tags"] for t in tags)
-            and a["shape"] == "polygon"
-        }
+        def apply() -> list[dict]:
+            created = []
+            for document in documents:
+                annotation_id = self._new_id()
+                self.annotations[annotation_id] = {**document, "_id": annotation_id}
+                created.append(dict(self.annotations[annotation_id]))
+            return created
 
-    def tagged_annotations(self, any_of_tags: tuple[str, ...]) -> list[dict]:
-        self._enter("tagged_annotations")
-        return [dict(a) for a in self.annotations.values() if not any_of_tags or set(any_of_tags) & set(a["tags"])]
-
-    def polygons(self, any_of_tags: tuple[str, ...]) -> list[dict]:
-        return [a for a in self.tagged_annotations(any_of_tags) if a["shape"] in ("polygon", "rectangle")]
-
-    def dataset_connections(self) -> list[dict]:
-        self._enter("dataset_connections")
-        return [dict(c) for c in self.connections.values()]
+        return self._write("create_annotations", documents, apply)
 
     def create_connections(self, connections: list[dict]) -> list[dict]:
-        self._enter("create_connections")
-        for connection in connections:
-            if connection["parentId"] not in self.annotations or connection["childId"] not in self.annotations:
-                raise HttpError(400, "A parent or child annotation does not exist")
-        created = []
-        for connection in connections:
-            connection_id = next(self._ids)
-            self.connections[connection_id] = {**connection, "_id": connection_id}
-            created.append(dict(self.connections[connection_id]))
-        return created
+        def apply() -> list[dict]:
+            for connection in connections:
+                if connection["parentId"] not in self.annotations or connection["childId"] not in self.annotations:
+                    raise HttpError(400, "A parent or child annotation does not exist")
+            created = []
+            for connection in connections:
+                connection_id = self._new_id()
+                self.connections_by_id[connection_id] = {**connection, "_id": connection_id}
+                created.append(dict(self.connections_by_id[connection_id]))
+            return created
+
+        return self._write("create_connections", connections, apply)
 
     def delete_connections(self, connection_ids: list[str]) -> None:
-        self._enter("delete_connections")
-        for connection_id in connection_ids:
-            self.connections.pop(connection_id, None)
+        def apply() -> list:
+            for connection_id in connection_ids:
+                self.connections_by_id.pop(connection_id, None)
+            return []
+
+        self._write("delete_connections", connection_ids, apply)
 
     def delete_annotations(self, annotation_ids: list[str]) -> None:
-        self._enter("delete_annotations")
-        for annotation_id in annotation_ids:
-            self.annotations.pop(annotation_id, None)
+        def apply() -> list:
+            for annotation_id in annotation_ids:
+                self.annotations.pop(annotation_id, None)  # connections stay: the platform leaves orphans
+            return []
+
+        self._write("delete_annotations", annotation_ids, apply)

@@ -503,3 +503,83 @@ def test_concurrent_creates_get_unique_increasing_ids(server, client):
     ids = [doc["_id"] for doc in server.annotations(ds_id)]
     assert len(ids) == len(set(ids)) == 80 and ids == sorted(ids)
     assert all(batch == sorted(batch) for batch in batches)
+
+
+# --- the fault kinds of issue 19, listings by cursor ---------------------------------
+
+
+def test_listing_serves_documents_seeded_with_numpy_numbers(server, client):
+    ds_id = server.add_dataset(_frames(c=1))
+    server.add_annotation(ds_id, [{"x": np.float64(1.5), "y": np.float32(2.5)}], tags=["a"], shape="point")
+    (annotation,) = client.dataset(ds_id).annotations.list()
+    assert annotation.coordinates[0] == {"x": 1.5, "y": 2.5}
+
+
+def test_listing_after_a_cursor_skips_deleted_and_unmatched_documents(server, client):
+    ds_id = server.add_dataset(_frames(c=1))
+    ids = [server.add_annotation(ds_id, [(i, i)], tags=["a"] if i % 2 else ["b"], shape="point") for i in range(9)]
+    server.delete_annotations([ids[3]])
+    page = client.girder.get("upenn_annotation", parameters={
+        "datasetId": ds_id, "tags": json.dumps(["a"]), "afterId": ids[0], "limit": 2})
+    assert [doc["_id"] for doc in page] == [ids[1], ids[5]]
+    page = client.girder.get("upenn_annotation", parameters={"datasetId": ds_id, "afterId": "0" * 24, "limit": 0})
+    assert [doc["_id"] for doc in page] == [i for i in ids if i != ids[3]]
+
+
+def test_a_dropped_connection_gets_no_answer_and_after_apply_still_writes(server, client):
+    ds_id = server.add_dataset(_frames(c=1))
+    server.inject_fault("POST", r"upenn_annotation/multiple", drop=True, after_apply=True, times=1)
+    with pytest.raises(requests.ConnectionError):
+        client.girder.post("upenn_annotation/multiple", json=[_valid_doc(ds_id)])
+    assert len(server.annotations(ds_id)) == 1
+    assert server.request_log[-1][3] == 0
+
+
+def test_a_partial_insert_applies_only_the_first_documents(server, client):
+    ds_id = server.add_dataset(_frames(c=1))
+    server.inject_fault("POST", r"upenn_annotation/multiple", status=400, after_apply=True, apply_only=1)
+    with pytest.raises(girder_client.HttpError):
+        client.girder.post("upenn_annotation/multiple", json=[_valid_doc(ds_id, tags=["1"]), _valid_doc(ds_id)])
+    assert [doc["tags"] for doc in server.annotations(ds_id)] == [["1"]]
+
+
+def test_a_write_applied_late_lands_after_the_client_gave_up_and_the_server_says_when_it_is_idle(server, client):
+    ds_id = server.add_dataset(_frames(c=1))
+    server.inject_fault("POST", r"upenn_annotation/multiple", delay=1.0, times=1)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{server.url}/upenn_annotation/multiple", json=[_valid_doc(ds_id)],
+                      headers={"Girder-Token": server.token}, timeout=0.2)
+    assert server.wait_until_idle(10)
+    assert len(server.annotations(ds_id)) == 1
+    (logged,) = [r for r in server.requests if r.method == "POST"]
+    assert json.loads(logged.body)[0]["tags"] == ["cell"]
+
+
+def test_a_body_over_the_limit_is_refused_with_413():
+    with NimbusServer(token=TOKEN, max_body_bytes=300) as server:
+        ds_id = server.add_dataset(_frames(c=1))
+        response = _raw(server, "POST", "upenn_annotation/multiple", json=[_valid_doc(ds_id)] * 5)
+        assert response.status_code == 413 and server.annotations(ds_id) == []
+        assert _raw(server, "POST", "upenn_annotation/multiple", json=[_valid_doc(ds_id)]).status_code == 200
+
+
+def test_a_put_can_keep_only_schema_fields_dropping_the_documents_own_keys():
+    with NimbusServer(token=TOKEN, put_keeps_only_schema_fields=True) as server:
+        ds_id = server.add_dataset(_frames(c=1))
+        annotation = server.add_annotation(ds_id, [(1, 1)], shape="point", marker="kept?")
+        assert _raw(server, "PUT", f"upenn_annotation/{annotation}", json={"tags": ["x"]}).status_code == 200
+        (stored,) = server.annotations(ds_id)
+        assert stored["tags"] == ["x"] and "marker" not in stored
+
+
+def test_random_faults_are_seeded_and_of_the_kinds_asked(server):
+    def draws(seed):
+        faults = server.inject_random_faults(0.5, seed, kinds=("error", "dropped"))
+        return [(fault.status, fault.drop) if fault else None
+                for fault in (faults.draw("GET", "x") for _ in range(40))]
+
+    first = draws(3)
+    assert first == draws(3) != draws(4)
+    assert {entry for entry in first if entry} == {(500, False), (503, False), (None, True)}
+    with pytest.raises(ValueError):
+        server.inject_random_faults(0.1, 1, kinds=("flood",))

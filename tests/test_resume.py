@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from sam2_refine.nimbus import MARKER_KEY
-from tests.conftest import REPO, compute_parameters, run_worker
+from tests.conftest import IMAGE, REPO, compute_parameters, run_worker
 from tests.erring_oracle import answers_to_json
 from tests.synthetic_cells import Cell, random_cell, rough_original
 
@@ -31,12 +31,12 @@ def cells_at(time: int, rng: np.random.Generator) -> list[Cell]:
             random_cell(rng, 120 + drift, 30, 8), random_cell(rng, 45 + drift, 85, 12)]
 
 
-def seed_time_lapse(server):
+def seed_time_lapse(server, frame_count: int = FRAMES):
     rng = np.random.default_rng(11)
-    frames = rng.integers(500, 3000, size=(1, 1, FRAMES, 1, HEIGHT, WIDTH), dtype=np.uint16)
+    frames = rng.integers(500, 3000, size=(1, 1, frame_count, 1, HEIGHT, WIDTH), dtype=np.uint16)
     dataset_id = server.add_dataset(frames)
     originals, keys, answers = [], [], []
-    for time in range(FRAMES):
+    for time in range(frame_count):
         for cell in cells_at(time, rng):
             shape, coordinates = rough_original(rng, cell)
             originals.append(server.add_annotation(
@@ -140,3 +140,50 @@ def test_a_run_with_other_settings_is_not_taken_for_an_earlier_one(server, oracl
     assert sum(refined_counts(server, dataset_id).values()) == 12
     run(Padding=2)  # other settings: a new set of refined outlines
     assert sum(refined_counts(server, dataset_id).values()) == 24
+
+
+def test_with_the_job_date_tag_on_a_run_killed_half_way_then_run_again_refines_no_cell_twice(
+        server, oracle_checkpoint_dir, tmp_path):
+    """The platform's "job date tag" adds a tag that differs in every run (PLATFORM.md §1a);
+    the rerun still recognises what the first run saved (the originals are kept, so each
+    one the first run refined would be refined again if it did not)."""
+    dataset_id, originals, keys, answers = seed_time_lapse(server, 8)
+    (tmp_path / "answers.json").write_text(answers_to_json(keys, answers))
+
+    def parameters(job_tag: str) -> dict:
+        body = compute_parameters(dataset_id, **{"Batch Time": "all"})
+        body["tile"] = {"XY": 0, "Z": 0, "Time": 0}
+        body["tags"] = ["refined", f"{IMAGE} job {job_tag} UTC-1"]
+        return body
+
+    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(oracle_checkpoint_dir), "PYTHONUNBUFFERED": "1",
+           "SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment",
+           "ERRING_ORACLE": str(tmp_path / "answers.json")}
+    command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
+               "--request", "compute", "--parameters", json.dumps(parameters("2025-3-7 9:5:2")),
+               "--datasetId", dataset_id]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
+    reports = 0
+    for line in process.stdout:
+        info = (json.loads(line).get("info") or "") if line.startswith("{") else ""
+        if SAVED.match(info):
+            reports += 1
+            if reports == 3:
+                process.send_signal(signal.SIGKILL)
+                break
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the first run ended before it was killed"
+    saved = set(refined_counts(server, dataset_id))
+    assert 0 < len(saved) < len(originals)
+
+    log = tmp_path / "decodes.txt"
+    run = run_worker(server, "compute", parameters("2025-3-7 9:17:40"), oracle_checkpoint_dir, dataset_id,
+                     extra_env={**{k: env[k] for k in ("SAM2_REFINE_PREDICTOR", "ERRING_ORACLE")},
+                                "ERRING_ORACLE_DECODES": str(log)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    refined = refined_counts(server, dataset_id)
+    assert set(refined) == set(originals) and set(refined.values()) == {1}  # no cell refined twice
+    decoded_again = decoded_originals(log, keys, originals)
+    assert set(decoded_again) == set(originals) - saved and set(decoded_again.values()) == {1}
+    assert f"{len(saved)} already refined by an earlier run" in run.progress[-1]["info"]

@@ -18,9 +18,10 @@ from collections import Counter
 import pytest
 
 from sam2_refine.nimbus import MARKER_KEY
+from sam2_refine.writeback import MAX_SENDS
 from tests.conftest import REPO, cells, compute_parameters, frames, oracle_env, run_worker
 
-FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "2"}
+FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "1", "SAM2_REFINE_HTTP_TIMEOUT": "2"}
 TAG = "rough"
 
 
@@ -89,7 +90,9 @@ def test_gateway_errors_on_every_upload_end_in_an_error_not_a_loop(server, worke
     run = worker(replacing(dataset_id), dataset_id, extra_env=FAST_FAILURE)
     assert run.returncode == 1
     assert [a["_id"] for a in server.annotations(dataset_id)] == originals
-    assert run.errors
+    assert "4 refined polygons could not be saved" in run.errors[-1]["error"]
+    posts = [entry for entry in server.request_log if entry[:2] == ("POST", "upenn_annotation/multiple")]
+    assert len(posts) <= 2 * MAX_SENDS  # the job's attempts and the end of the job's, each capped
 
 
 def test_upload_failing_once_with_502_is_retried_without_duplicates(server, worker):
@@ -119,16 +122,20 @@ def test_upload_hanging_past_the_client_timeout_is_checked_then_resent(server, w
     assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
 
 
-def test_failed_delete_keeps_both_versions_and_says_how_to_find_them(server, worker):
+def test_deleting_always_refused_keeps_both_versions_fails_the_job_and_says_how_to_find_them(server, worker):
     dataset_id, originals = seed(server)
     server.inject_fault("DELETE", r"^upenn_annotation/multiple$", status=500)
     run = worker(replacing(dataset_id), dataset_id, extra_env=FAST_FAILURE)
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.returncode == 1, run.stdout + run.stderr
     present = {a["_id"] for a in server.annotations(dataset_id)}
     assert set(originals) <= present
     assert set(check_nothing_lost(server, dataset_id, originals)) == set(originals)
-    warning = next(w for w in run.warnings if "kept" in w["warning"])
-    assert "refined" in warning["info"] and TAG in warning["info"]
+    [error] = run.errors
+    assert error["title"] == "Not finished"
+    assert f"{len(originals)} originals are still there next to the refined version" in error["error"]
+    assert "HTTP 500 from DELETE" in error["info"]
+    assert "refined polygons carry the tags refined" in error["info"] and f"originals carry {TAG}" in error["info"]
+    assert "Run the tool again with the same settings" in error["info"]
 
 
 def start_worker_with_upload_in_flight(server, oracle_checkpoint_dir, tmp_path, dataset_id):

@@ -3,7 +3,9 @@ server's own count of attempts shows whether retry layers multiply."""
 
 from __future__ import annotations
 
+import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,9 +99,9 @@ class SamePage:
         self.page = page
         self.calls = 0
 
-    def get(self, path, parameters=None):
+    def get(self, path, parameters=None, jsonResp=True):
         self.calls += 1
-        return list(self.page)
+        return list(self.page) if jsonResp else SimpleNamespace(content=json.dumps(self.page).encode())
 
 
 def test_paging_stops_when_the_cursor_does_not_advance(server, dataset, monkeypatch):
@@ -116,4 +118,4 @@ def test_paging_follows_the_cursor_through_the_real_server(server, dataset, monk
     monkeypatch.setattr(nimbus, "PAGE_SIZE", 2)
     ids = [server.add_connection(dataset, "a" * 24, f"{index:024x}") for index in range(5)]
     found = platform_for(server, dataset).dataset_connections()
-    assert [connection["_id"] for connection in found] == sorted(ids)
+    assert [connection.id for connection in found] == sorted(ids)
