@@ -384,3 +384,28 @@ def test_whole_frame_puts_small_cells_down_to_resolution_not_to_the_answer(serve
     assert "too coarse at this resolution" in final
     coarse = [w for w in run.warnings if "too coarse at this resolution" in w["warning"]]
     assert coarse and "Auto" in coarse[0]["info"]
+
+
+def test_a_cell_an_earlier_run_finished_keeps_its_one_accepted_outline(server, erring_run):
+    """Delete on: a first run refines and replaces a cell's outline; the user then outlines
+    the same cell again and runs the same job. The second refinement overlaps the outline
+    the first run accepted there, so it is doubtful and its original stays."""
+    dataset_id, ids, keys, answers = one_cell_scene(server, "inner")
+    answers[0] = answers[1].__class__(60, 60, 18)  # every answer right
+    first = erring_run(dataset_id, answers_to_json(keys, answers), replacing(dataset_id))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert not {a["_id"] for a in server.annotations(dataset_id)} & set(ids)  # all four replaced
+    again = server.add_annotation(dataset_id, [(40, 40), (80, 40), (80, 80), (40, 80)], tags=[TAG],
+                                  location={"XY": 0, "Z": 0, "Time": 0})
+    second = erring_run(dataset_id, answers_to_json(keys + [(60.0, 60.0)], answers + [answers[0]]),
+                        replacing(dataset_id))
+    assert second.returncode == 0, second.stdout + second.stderr
+    present = {a["_id"]: a for a in server.annotations(dataset_id)}
+    assert again in present  # not replaced
+    refined = refined_by_source(server, dataset_id)
+    assert REVIEW_TAG in refined[again][0]["tags"]
+    accepted_here = [a for a in present.values() if "refined" in a["tags"] and REVIEW_TAG not in a["tags"]
+                     and min(c["x"] for c in a["coordinates"]) < 60 < max(c["x"] for c in a["coordinates"])
+                     and min(c["y"] for c in a["coordinates"]) < 60 < max(c["y"] for c in a["coordinates"])]
+    assert len(accepted_here) == 1
+    assert "1 overlaps another refined outline" in second.progress[-1]["info"]
