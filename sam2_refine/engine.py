@@ -152,10 +152,11 @@ def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: 
 # --- where each object is read -------------------------------------------------------
 
 
-def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> list[tuple[Window, list[int]]]:
+def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> Iterator[tuple[Window, list[int]]]:
+    """The windows SAM2 sees, each with the boxes it holds, placed one by one."""
     if resolution == RESOLUTION_WHOLE_FRAME:
-        return tiling.whole_frame(boxes, width, height)
-    return tiling.auto_windows(boxes, width, height)
+        return iter(tiling.whole_frame(boxes, width, height))
+    return tiling.iter_auto_windows(boxes, width, height)
 
 
 @dataclass(frozen=True)
@@ -410,17 +411,23 @@ def decode_window(
 @dataclass
 class LocationPlan:
     """One frame's originals as the engine works on them: the outcome of each original
-    that cannot prompt (None where it can), its prompts, and the windows SAM2 sees with
-    the prompts each holds."""
+    that cannot prompt (None where it can), and its prompts. `windows()` places the windows
+    SAM2 sees, each with the prompts it holds, one at a time."""
 
     frame_size: tuple[int, int]
     outcomes: list[Outcome | None]
     originals: list[Polygon | None]
-    windows: list[tuple[Window, list[Prompt]]]
+    prompts: list[Prompt]
+    resolution: str
 
     @property
     def prompt_count(self) -> int:
-        return sum(len(prompts) for _, prompts in self.windows)
+        return len(self.prompts)
+
+    def windows(self) -> Iterator[tuple[Window, list[Prompt]]]:
+        width, height = self.frame_size
+        for window, members in plan_windows([p.box for p in self.prompts], width, height, self.resolution):
+            yield window, [self.prompts[i] for i in members]
 
 
 def plan_location(
@@ -435,11 +442,8 @@ def plan_location(
             outcomes[owner] = Outcome(None, box)
         else:
             prompts.append(make_prompt(owner, box, original, frame_size))
-    windows = [
-        (window, [prompts[i] for i in members])
-        for window, members in plan_windows([p.box for p in prompts], width, height, resolution)
-    ]
-    return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], windows)
+    return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], prompts,
+                        resolution)
 
 
 def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = ()) -> list[Outcome]:
@@ -486,7 +490,7 @@ def refine_frame(
     plan = plan_location(frame_size, originals, outlines, settings.resolution)
     done = len(originals) - plan.prompt_count
     on_progress(done)
-    for window, prompts in plan.windows:
+    for window, prompts in plan.windows():
         predictor.encode(window_images(window), window)
         for tasks in decode_window(predictor, window, prompts, frame_size):
             for owner, outcome in settle_all(tasks, settings):

@@ -307,10 +307,14 @@ class Pipeline:
         for work in works:
             plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings.resolution)
             location = _Location(work, plan)
-            if not plan.windows:
+            windows = plan.windows()
+            placed = next(windows, None)
+            if placed is None:
                 yield _Window(location, None, [])
-            for index, (window, prompts) in enumerate(plan.windows):
-                yield _Window(location, window, prompts, last_of_location=index == len(plan.windows) - 1)
+            while placed is not None:
+                upcoming = next(windows, None)
+                yield _Window(location, *placed, last_of_location=upcoming is None)
+                placed = upcoming
 
     def _model_stage(
         self, works: Iterable[LocationWork], fetcher: Executor, outlines: Executor, budget: _Budget,

@@ -31,6 +31,7 @@ covered edge to edge).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .model import Window
@@ -131,10 +132,14 @@ def _best_left(
 def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
     """Windows of the largest allowed side covering every box with its margin, each
     listed with the boxes it holds (the placement rule in the module's docstring)."""
+    return list(iter_greedy_windows(boxes, width, height))
+
+
+def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[tuple[Window, list[int]]]:
+    """`greedy_windows` one window at a time, as each is placed."""
     areas = [search_area(b, width, height) for b in boxes]
     limits = [side_limit(b) for b in boxes]
     unplaced = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
-    windows: list[tuple[Window, list[int]]] = []
     while unplaced:
         first = unplaced[0]
         col0, row0, col1, row1 = areas[first]
@@ -147,10 +152,9 @@ def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Wind
             i for i in unplaced
             if i == first or (limits[i] >= side and _fits(areas[i], window))
         ]
-        windows.append((window, members))
+        yield window, members
         taken = set(members)
         unplaced = [i for i in unplaced if i not in taken]
-    return windows
 
 
 def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:
@@ -176,7 +180,11 @@ def shrink_window(window: Window, member_boxes: list[Box], width: int, height: i
 def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
     """Windows covering every box with its margin, each listed with the boxes it holds:
     the greedy placement, then each window shrunk to what its members need."""
-    return [
-        (shrink_window(window, [boxes[i] for i in members], width, height), members)
-        for window, members in greedy_windows(boxes, width, height)
-    ]
+    return list(iter_auto_windows(boxes, width, height))
+
+
+def iter_auto_windows(boxes: list[Box], width: int, height: int) -> Iterator[tuple[Window, list[int]]]:
+    """`auto_windows` one window at a time, as each is placed (the first can be encoded
+    while the rest are being placed)."""
+    for window, members in iter_greedy_windows(boxes, width, height):
+        yield shrink_window(window, [boxes[i] for i in members], width, height), members
