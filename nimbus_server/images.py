@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,8 @@ class ImageData:
         self.planes = np.ascontiguousarray(
             frames.transpose(0, 2, 1, 3, 4, 5).reshape(-1, self.height, self.width)
         )
-        self._histograms: dict[tuple[int, int], list[dict]] = {}
+        self._histograms: dict[tuple[int, int, int | None], list[dict]] = {}
+        self._histogram_lock = threading.Lock()  # requests come in on several threads at once
 
     @property
     def num_frames(self) -> int:
@@ -185,15 +187,22 @@ class ImageData:
     # --- tiles/histogram ----------------------------------------------------
 
     def histogram(self, query: dict[str, str]) -> list[dict]:
-        """The frame's histogram, computed once per (frame, bins) as large_image caches it:
-        a client fetching many regions asks for it with each one."""
-        key = (self._frame(query.get("frame", 0)), _optional_int(query, "bins") or 256)
-        if key not in self._histograms:
-            self._histograms[key] = self._histogram(*key)
-        return self._histograms[key]
+        """The frame's histogram, computed once per (frame, bins, size) as large_image caches
+        it: a client fetching many regions asks for it with each one. With `width`/`height`,
+        of the pyramid level large_image reads without resampling: the smallest whose
+        power-of-two step still gives at least that size."""
+        largest = max(_optional_int(query, "width") or 0, _optional_int(query, "height") or 0) or None
+        key = (self._frame(query.get("frame", 0)), _optional_int(query, "bins") or 256, largest)
+        with self._histogram_lock:
+            if key not in self._histograms:
+                self._histograms[key] = self._histogram(*key)
+            return self._histograms[key]
 
-    def _histogram(self, frame: int, bins: int) -> list[dict]:
+    def _histogram(self, frame: int, bins: int, largest: int | None) -> list[dict]:
         data = self.planes[frame]
+        if largest:
+            step = 2 ** max(0, math.floor(math.log2(max(data.shape) / largest)))
+            data = data[::step, ::step]
         values = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
         low, high = (values.min(), values.max()) if values.size else (0, 0)
         hist, edges = np.histogram(values, bins=bins, range=(float(low), float(max(high, low + 1))))

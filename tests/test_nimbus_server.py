@@ -192,6 +192,20 @@ def test_histogram_reports_min_and_max(server, client):
     assert len(histogram["bin_edges"]) == 17
 
 
+def test_histogram_of_a_size_reads_the_level_large_image_would(server, client):
+    """The SDK asks for the histogram at width = height = 2048 without resampling: of a
+    4096-pixel frame that is the level at 1/2 (every second pixel), not the whole frame."""
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 60000, size=(1, 1, 1, 1, 4096, 64), dtype=np.uint16)
+    ds = client.dataset(server.add_dataset(frames))
+    ds._ensure_metadata()
+    (histogram,) = client.girder.get(f"item/{ds._item_id}/tiles/histogram",
+                                     parameters={"frame": 0, "bins": 16, "width": 2048, "height": 2048})
+    level = frames[0, 0, 0, 0, ::2, ::2]
+    assert histogram["samples"] == level.size
+    assert histogram["min"] == level.min() and histogram["max"] == level.max()
+
+
 def test_dataset_from_files(server, client, tmp_path):
     from PIL import Image
 
