@@ -288,15 +288,16 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
     if piece is None:
         return Outcome(None, Reason.EMPTY_MASK)
     step = growth_step(prompt.box)
-    spilled = False
+    spilled, outline = False, None
     while any(reaching := _reaching(piece, region, limit)):
         if zone is not None and _holds(region, zone_area):
             # What lies beyond adds only area outside the zone: if the part read already
             # spills, the whole mask does.
-            partial = _outline(field, piece, region, window)
-            if partial is not None and review.spills(partial, prompt.original, zone):
+            outline = _outline(field, piece, region, window)
+            if outline is not None and review.spills(outline, prompt.original, zone):
                 spilled = True
                 break
+            outline = None
         seed_row, seed_col = np.unravel_index(np.argmax(np.where(piece, field, -np.inf)), field.shape)
         seed = (int(seed_row) + region[1], int(seed_col) + region[0])  # window frame (row, col)
         region = _grown(region, reaching, step, limit)
@@ -318,7 +319,8 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
         or (bottom and row1 == limit[3] and row1 < window.height)
     )
     doubts = tuple(reason for reason, cut in ((Reason.SPILLS_OUTSIDE, at_limit), (Reason.REACHES_VIEW_EDGE, at_view_edge)) if cut)
-    outline = _outline(field, piece, region, window)
+    if outline is None:
+        outline = _outline(field, piece, region, window)
     found = None if outline is None else clip_to_image(outline, frame_width, frame_height)
     polygon = None if found is None else geometry.finish_outline(found, settings.smoothing, settings.padding)
     if polygon is not None:
