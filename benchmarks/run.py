@@ -554,8 +554,8 @@ def main() -> int:
         return 0
     cases = QUICK if args.quick else DEFAULT
     if args.only:
-        cases = [c for c in cases + GPU if any(o in c.name or o == c.group for o in args.only)]
-        cases = list(dict.fromkeys(cases))
+        cases = [c for c in (GPU if "gpu" in args.only else cases)
+                 if any(o in c.name or o == c.group for o in args.only)]
 
     from nimbus_server import NimbusServer
 
@@ -593,7 +593,7 @@ def main() -> int:
         for r in results:
             print(f"- {r.case}, {r.implementation}: totals of the {args.repeat} runs {r.all_totals} s")
     lines = timelapse_lines(results) + marginal_lines(results) + target_lines(results) + throughput_lines(results)
-    if any(r.case in {c.name for c in GPU} for r in results):
+    if any(c.group == "gpu" for c in cases):
         lines += gpu_lines(results)
     for line in lines:
         print(f"- {line}")
