@@ -779,34 +779,30 @@ class WriteBack:
         return movable
 
     def _delete_annotations(self, annotation_ids: list[str]) -> list[str]:
-        def send(ids: list[str]) -> None:
-            self.platform.delete_annotations(ids)
-
-        def missing(ids: list[str]) -> list[str]:
-            present = self.platform.existing_annotations(ids)
-            return [i for i in ids if i in present]
-
-        left = []
-        for chunk in iter_chunks(annotation_ids, DELETE_CHUNK):
-            left += self._complete(chunk, send, missing)
+        left = self._delete_in_chunks(annotation_ids, self.platform.delete_annotations,
+                                      self.platform.existing_annotations)
         for annotation_id in set(annotation_ids) - set(left):
             self._present.discard(annotation_id)
             self._gone.add(annotation_id)
         return left
 
     def _delete_connections(self, connection_ids: list[str]) -> list[str]:
-        def send(ids: list[str]) -> None:
-            self.platform.delete_connections(ids)
-
-        def missing(ids: list[str]) -> list[str]:
-            present = self.platform.existing_connections(ids)
-            return [i for i in ids if i in present]
-
-        left = []
-        for chunk in iter_chunks(connection_ids, DELETE_CHUNK):
-            left += self._complete(chunk, send, missing)
+        left = self._delete_in_chunks(connection_ids, self.platform.delete_connections,
+                                      self.platform.existing_connections)
         for connection_id in set(connection_ids) - set(left):
             self.connections.remove(connection_id)
+        return left
+
+    def _delete_in_chunks(self, ids: list[str], delete: Callable[[list[str]], None],
+                          existing: Callable[[list[str]], set[str]]) -> list[str]:
+        """Delete `ids` chunk by chunk; return those still present after the write policy."""
+        def still_present(chunk: list[str]) -> list[str]:
+            present = existing(chunk)
+            return [i for i in chunk if i in present]
+
+        left: list[str] = []
+        for chunk in iter_chunks(ids, DELETE_CHUNK):
+            left += self._complete(chunk, delete, still_present)
         return left
 
     def _replace_chunk(self, chunk: dict[str, str]) -> str | None:
