@@ -333,7 +333,20 @@ class Pipeline:
                                                     upcoming.window)
                 ahead.append(upcoming)
 
-        current: _Location | None = None
+        # Locations handed to the finish stage whose last batch is still to come: one at a
+        # time in a run, more only while a failure is being handled.
+        open_locations: list[_Location] = []
+
+        def hand_on(location: _Location) -> None:
+            if not location.handed_on:
+                self._put(finishing, location)
+                location.handed_on = True
+                open_locations.append(location)
+
+        def complete(location: _Location) -> None:
+            location.batches.put(_COMPLETE)
+            open_locations.remove(location)
+
         try:
             top_up()
             while ahead:
@@ -345,40 +358,52 @@ class Pipeline:
                     while ahead and ahead[0].window is not None and len(group) < _encode_batch_size(predictor):
                         group.append(ahead.popleft())
                 top_up()
-                for item in group:  # handed on in order as the model reaches them
-                    if not item.location.handed_on:
-                        self._put(finishing, item.location)
-                        item.location.handed_on = True
                 if group[0].window is None:
-                    group[0].location.batches.put(_COMPLETE)
+                    hand_on(group[0].location)
+                    complete(group[0].location)
                     continue
-                images = self.clock.timed("model waited for images", lambda: [self._wait(item.image) for item in group])
+                images, failed_fetch = self.clock.timed("model waited for images", self._images, group)
+                group = group[:len(images)]  # the windows before a failed fetch are still refined
                 batched = _batches(predictor)
                 if batched:
                     encoded = self.clock.timed("encode", predictor.encode_batch, images, [item.window for item in group])
                 else:
                     encoded = images
                 for item, image_or_encoding in zip(group, encoded):
-                    current = item.location
+                    # Handed on as the model reaches it, when every location before it is
+                    # complete: the finish stage never waits on one the model cannot reach.
+                    hand_on(item.location)
                     if batched:
                         predictor.use(image_or_encoding)
                     else:
                         self.clock.timed("encode", predictor.encode, image_or_encoding, item.window)
-                    batches = engine.decode_window(predictor, item.window, item.prompts, current.plan.frame_size)
+                    batches = engine.decode_window(predictor, item.window, item.prompts, item.location.plan.frame_size)
                     while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
                         budget.take(len(tasks))
-                        current.batches.put((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
+                        item.location.batches.put((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
                     if item.last_of_location:
-                        current.batches.put(_COMPLETE)
-                        current = None
+                        complete(item.location)
                 del images, encoded, group
+                if failed_fetch is not None:
+                    raise failed_fetch
         except BaseException:
-            if current is not None:
-                current.batches.put(_ABANDONED)
-            for item in ahead:
-                if item.location.handed_on:
-                    item.location.batches.put(_ABANDONED)
+            for location in open_locations:
+                location.batches.put(_ABANDONED)
             raise
+
+    def _images(self, group: list[_Window]) -> tuple[list, Exception | None]:
+        """The group's images in order, up to the first whose fetch failed, and that failure."""
+        images = []
+        for item in group:
+            try:
+                images.append(self._wait(item.image))
+            except Stopped:
+                raise
+            except Exception as error:
+                if not images:
+                    raise
+                return images, error
+        return images, None
 
     def _model(self) -> MaskPredictor:
         if self._predictor is None:

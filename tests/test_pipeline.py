@@ -182,3 +182,57 @@ def test_a_location_with_more_objects_than_may_be_in_flight_is_settled_as_it_goe
     assert not runner.is_alive(), "the pipeline stopped with objects in flight"
     assert finished.finished == NAMES[:2]
     assert all(len(outcomes) == len(SHAPES) for outcomes in finished.outcomes.values())
+
+
+class BatchedOracle(OraclePredictor):
+    """The oracle encoding several windows at once, as `Sam2Predictor` does on a GPU."""
+
+    encode_batch_size = 4
+
+    def encode_batch(self, window_images, windows):
+        return list(zip(window_images, windows))
+
+    def use(self, encoded):
+        self.encode(*encoded)
+
+
+def watched(target, *args) -> threading.Thread:
+    """Run `target` in a thread and wait for it; a thread still alive is a hang."""
+    runner = threading.Thread(target=target, args=args, daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    return runner
+
+
+@pytest.mark.parametrize("failing", [None, "T3"])
+def test_batched_encoding_of_one_window_locations_finishes_them_all_or_ends_at_a_failed_fetch(failing):
+    """Whole frame: one window per location, four locations per encoder batch, more than
+    the finish stage can hold waiting. Every location is finished in order; a fetch that
+    fails ends the run with the failure, after the locations before it."""
+    from sam2_refine.interface import RESOLUTION_WHOLE_FRAME
+
+    def fetch_of(name):
+        base = work(name).fetch
+
+        def fetch(window):
+            if name == failing:
+                raise ConnectionError("the server went away")
+            return base(window)
+
+        return fetch
+
+    finished, raised = Recorder(), []
+
+    def run() -> None:
+        try:
+            run_pipeline([work(name, fetch_of(name)) for name in NAMES], lambda: BatchedOracle(SHAPES),
+                         RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME), finished)
+        except ConnectionError as error:
+            raised.append(error)
+
+    assert not watched(run).is_alive(), "the pipeline stopped with locations in flight"
+    if failing is None:
+        assert finished.finished == NAMES and not raised
+        assert all(len(outcomes) == len(SHAPES) for outcomes in finished.outcomes.values())
+    else:
+        assert finished.finished == NAMES[:3] and raised
