@@ -156,6 +156,18 @@ def _source_of(document: Mapping) -> str:
     return str(document[MARKER_KEY]).split("/", 1)[1]
 
 
+# A write's answer that does not account for everything sent (the platform answers a
+# create with the created documents in request order): what it holds is checked instead.
+MISMATCHED_ANSWER = "the platform's answer does not list everything that was sent"
+
+
+def _answers_match(documents: list[dict], answers: list[dict]) -> bool:
+    """Whether the answer to a create lists one created document per document sent, in order."""
+    return len(answers) == len(documents) and all(
+        "_id" in answer and answer.get(MARKER_KEY, document[MARKER_KEY]) == document[MARKER_KEY]
+        for document, answer in zip(documents, answers))
+
+
 # --- what is written -----------------------------------------------------------------
 
 
@@ -633,7 +645,10 @@ class WriteBack:
             nonlocal resent
             resent = resent or any(_source_of(d) in attempted for d in documents)
             attempted.update(_source_of(d) for d in documents)
-            for document, answer in zip(documents, self.platform.create_annotations(documents)):
+            answers = self.platform.create_annotations(documents)
+            if not _answers_match(documents, answers):
+                raise OutcomeUnknown(MISMATCHED_ANSWER, may_apply_later=False)
+            for document, answer in zip(documents, answers):
                 confirm(_source_of(document), str(answer["_id"]))
 
         def confirm(source: str, refined_id: str) -> None:

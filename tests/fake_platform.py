@@ -48,7 +48,8 @@ class FakePlatform:
         # method name -> callables run before the call; each may raise (a fault) or
         # return how the call goes wrong: "after" (applied, then a 502), ("late",
         # seconds) (no answer in time, applied that much later), "lost" (no answer in
-        # time, never applied), "error" (a 503, not applied).
+        # time, never applied), "error" (a 503, not applied), ("drop", k) (applied, the
+        # answer without its k-th element).
         self._faults: dict[str, list[Callable[[], object]]] = {}
         self._late: list[tuple[float, Callable[[], None]]] = []
 
@@ -82,7 +83,7 @@ class FakePlatform:
 
     def fail(self, method: str, error: Exception | None = None, times: int = 1, after_apply: bool = False,
              late: float | None = None, lost: bool = False, unavailable: bool = False,
-             after_calls: int = 0) -> None:
+             after_calls: int = 0, answer_without: int | None = None) -> None:
         """The next `times` calls of `method` (after the next `after_calls`) go wrong."""
         def fault() -> object:
             if after_apply:
@@ -93,6 +94,8 @@ class FakePlatform:
                 return "lost"
             if unavailable:
                 return "error"
+            if answer_without is not None:
+                return ("drop", answer_without)
             raise error
 
         self._faults.setdefault(method, []).extend([lambda: None] * after_calls + [fault] * times)
@@ -127,6 +130,10 @@ class FakePlatform:
             raise OutcomeUnknown("no answer within the time limit")
         if fault == "error":
             raise OutcomeUnknown("HTTP 503", may_apply_later=False)
+        if isinstance(fault, tuple) and fault[0] == "drop":
+            result = apply()
+            del result[fault[1]]
+            return result
         if isinstance(fault, tuple):
             self._late.append((self.clock.seconds + fault[1], apply))
             raise OutcomeUnknown("no answer in time")

@@ -599,3 +599,22 @@ def test_counterpart_of_a_document_keeps_its_outline_compact():
                                   "coordinates": [{"x": 1, "y": 2}, {"x": 5, "y": 2}, {"x": 5, "y": 6}]})
     assert counterpart.outline.dtype == np.float32 and counterpart.outline.shape == (3, 2)
     assert counterpart.point == (pytest.approx(11 / 3), pytest.approx(10 / 3), None)
+
+
+def test_an_answer_that_leaves_out_a_created_polygon_is_checked_not_trusted_by_position():
+    """The platform applied a create but its answer lacks the middle document: read by
+    position, the second original would take the third's polygon (and its connection) and
+    the third would be left out. Checked instead, each original is replaced by its own."""
+    platform = FakePlatform()
+    parent = platform.add(square(0, 0, 100), tags=["cell"])
+    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
+    for original in originals:
+        platform.connect(parent, original)
+    platform.fail("create_annotations", answer_without=1)
+    writer, _ = writer_for(platform, parameters(platform))
+    refine_all(platform, writer, originals)
+    writer.finish()
+    check_replaced_exactly_once(platform, originals)
+    assert platform.calls.count("create_annotations") == 1  # all were applied: nothing sent again
+    assert platform.links() == sorted((parent, only_refined(platform, o)["_id"]) for o in originals)
+
