@@ -322,7 +322,9 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
     if outline is None:
         outline = _outline(field, piece, region, window)
     found = None if outline is None else clip_to_image(outline, frame_width, frame_height)
-    polygon = None if found is None else geometry.finish_outline(found, settings.smoothing, settings.padding)
+    if found is None:  # a mask too small or too thin to enclose any area
+        return Outcome(None, Reason.EMPTY_MASK)
+    polygon = geometry.finish_outline(found, settings.smoothing, settings.padding)
     if polygon is not None:
         polygon = clip_to_image(polygon, frame_width, frame_height)
     if polygon is None:

@@ -124,7 +124,7 @@ def build_interface(model_names: list[str]) -> dict:
         REFINE_TAGS: {
             "type": "tags",
             "displayOrder": 4,
-            "tooltip": "Polygons carrying any of these tags are refined.",
+            "tooltip": "Polygons and rectangles carrying any of these tags are refined; with no tag, every one in range.",
         },
         MODEL: {
             "type": "select",
@@ -153,7 +153,10 @@ def build_interface(model_names: list[str]) -> dict:
             "type": "checkbox",
             "default": False,
             "displayOrder": 7,
-            "tooltip": "If checked, the original annotations will be deleted after refinement.",
+            "tooltip": (
+                "If checked, the original annotations will be deleted after refinement. Needs a tag "
+                "above; an original whose refinement is doubtful is kept."
+            ),
         },
         PADDING: {
             "type": "number",

@@ -134,7 +134,7 @@ MEANINGS = {
         f"Doubtful, or skipped when there is no outline: the original's box spans fewer than {COARSE_SPAN:g} of "
         f"SAM2's mask pixels across (its masks are 256 x 256 over what it sees), or fewer than {SIZE_BLUR_SPAN:g} "
         "and the outline came out much smaller than the original or empty, which at that resolution is the "
-        "resolution's doing."
+        "resolution's doing. SAM2's alternative masks are not tried: they share the resolution."
     ),
     Reason.SPILLS_OUTSIDE: (
         f"Doubtful: more than {_percent(_T.box_outside_share)} (box) or {_percent(_T.drawn_outside_share)} "
@@ -150,8 +150,9 @@ MEANINGS = {
         f"({_T.drawn_gap_px:g} px + {_percent(_T.drawn_gap_share)})."
     ),
     Reason.OVERLAPS_ANOTHER: (
-        "Doubtful: it covers more than half of another refined outline at its location (in this run, or "
-        "accepted by an earlier run with the same settings) that agrees better with its own original."
+        "Doubtful: it and another refined outline at its location (in this run, or accepted by an earlier "
+        "run with the same settings) share more than half of the smaller of the two, and the other one is "
+        "better: free of other doubts, or agreeing better with its own original."
     ),
     Reason.LOW_PREDICTED_IOU: f"Doubtful: SAM2's own estimate of the mask's IoU is below {_T.min_predicted_iou:g}.",
     Reason.NO_OBJECT: "Doubtful: SAM2's object score says there is no object in the box.",
