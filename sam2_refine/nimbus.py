@@ -57,6 +57,7 @@ from .parameters import DatasetSizes, Location
 
 MARKER_KEY = "sam2Refine"
 SOURCE_KEY = "sam2RefineSource"  # the digest of the original outline a refined polygon was made from
+DOUBTED_KEY = "sam2RefineDoubted"  # true on a doubtful refinement saved untagged by "Accept anyway"
 DEFAULT_HTTP_TIMEOUT = 120.0
 DEFAULT_RETRY_SECONDS = 60.0
 HTTP_TIMEOUT = DEFAULT_HTTP_TIMEOUT
@@ -222,8 +223,9 @@ class AnnotationRecord(Mapping):
     marker: str | None         # MARKER_KEY
     source: str | None         # SOURCE_KEY
     outline_digest: str        # of this annotation's own shape and coordinates
+    doubted: bool = False      # DOUBTED_KEY
 
-    _KEYS = ("_id", "shape", "tags", "location", "channel", "coordinates", MARKER_KEY, SOURCE_KEY)
+    _KEYS = ("_id", "shape", "tags", "location", "channel", "coordinates", MARKER_KEY, SOURCE_KEY, DOUBTED_KEY)
 
     def __getitem__(self, key: str) -> Any:
         if key == "_id":
@@ -242,6 +244,8 @@ class AnnotationRecord(Mapping):
             return self.marker
         if key == SOURCE_KEY and self.source is not None:
             return self.source
+        if key == DOUBTED_KEY and self.doubted:
+            return True
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
@@ -255,6 +259,8 @@ class AnnotationRecord(Mapping):
             return self.marker is not None
         if key == SOURCE_KEY:
             return self.source is not None
+        if key == DOUBTED_KEY:
+            return self.doubted
         return key in self._KEYS
 
     def coordinates(self) -> list[dict]:
@@ -313,6 +319,7 @@ def record_of(document: Mapping) -> AnnotationRecord:
         marker=str(marker) if marker is not None else None,
         source=str(source) if source is not None else None,
         outline_digest=outline_digest(str(document.get("shape") or ""), coordinates),
+        doubted=document.get(DOUBTED_KEY) is True,
     )
 
 

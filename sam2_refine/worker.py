@@ -162,7 +162,7 @@ def decide(
                 continue
         tagged = doubtful and (policy == ui.DOUBTFUL_TAG or outcome.cut)
         tally.cut_kept += doubtful and policy == ui.DOUBTFUL_ACCEPT and outcome.cut
-        refined.append(Refined(original, outcome.polygon, tagged))
+        refined.append(Refined(original, outcome.polygon, tagged, accepted_anyway=doubtful and not tagged))
     return refined
 
 

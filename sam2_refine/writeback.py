@@ -45,7 +45,7 @@ from .errors import WorkerError
 from .geometry import polygon_to_coordinates
 from .messages import Reporter, plural
 from .nimbus import (
-    MARKER_KEY, SOURCE_KEY, AnnotationRecord, ConnectionRecord, OutcomeUnknown, PayloadTooLarge, chunks_by_size,
+    DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, AnnotationRecord, ConnectionRecord, OutcomeUnknown, PayloadTooLarge, chunks_by_size,
     iter_chunks, record_of,
 )
 from .parameters import Location, RefineParameters
@@ -173,11 +173,13 @@ def _answers_match(documents: list[dict], answers: list[dict]) -> bool:
 
 @dataclass(frozen=True)
 class Refined:
-    """A refined outline to save for `original`; `doubtful` ones never replace it."""
+    """A refined outline to save for `original`; `doubtful` ones never replace it.
+    `accepted_anyway`: doubtful, but saved and used as any other ("Accept anyway")."""
 
     original: Mapping
     polygon: Polygon
     doubtful: bool = False
+    accepted_anyway: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,10 +196,12 @@ class Counterpart:
     recognised: bool = False
 
     @classmethod
-    def of(cls, document: Mapping, recognised: bool = False) -> "Counterpart":
+    def of(cls, document: Mapping, policy: str, recognised: bool = False) -> "Counterpart":
+        """`policy`: this run's doubtful-refinement choice; a refinement an earlier run
+        accepted anyway replaces its original only when this run accepts doubtful ones too."""
         record = record_of(document)
-        return cls(record.id, ui.REVIEW_TAG in record.tags, record.reference_point(),
-                   record.points.astype(np.float32), recognised)
+        doubtful = ui.REVIEW_TAG in record.tags or (record.doubted and policy != ui.DOUBTFUL_ACCEPT)
+        return cls(record.id, doubtful, record.reference_point(), record.points.astype(np.float32), recognised)
 
     @property
     def replaces_original(self) -> bool:
@@ -221,8 +225,8 @@ def _location_of(document: Mapping) -> dict[str, int]:
 
 
 def refined_document(original: Mapping, polygon: Polygon, params: RefineParameters, key: str,
-                     doubtful: bool = False) -> dict:
-    return {
+                     doubtful: bool = False, accepted_anyway: bool = False) -> dict:
+    document = {
         "shape": "polygon",
         "tags": refined_tags(original, params, doubtful),
         "channel": int(params.output_channel),
@@ -232,6 +236,9 @@ def refined_document(original: Mapping, polygon: Polygon, params: RefineParamete
         MARKER_KEY: marker(key, original["_id"]),
         SOURCE_KEY: record_of(original).outline_digest,
     }
+    if accepted_anyway:
+        document[DOUBTED_KEY] = True
+    return document
 
 
 def server_message(error: BaseException) -> str:
@@ -313,11 +320,12 @@ def _recognise_edited(originals: list[AnnotationRecord], candidates: list[Annota
 
 
 def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Location, list[AnnotationRecord]],
-                 key: str, recognise: bool = True) -> EarlierWork:
+                 key: str, policy: str, recognise: bool = True) -> EarlierWork:
     """Sort the polygons carrying the output tags at the job's locations: refinements of
     this run key that stand for their original's current outline, stale ones (made
     from an outline the user has since changed), duplicates (a late write), and, with
-    `recognise`, unmarked ones that look like an edited refinement of an original."""
+    `recognise`, unmarked ones that look like an edited refinement of an original.
+    `policy`: this run's doubtful-refinement choice (see `Counterpart.of`)."""
     originals = {o.id: o for found in by_location.values() for o in found}
     work = EarlierWork()
     by_source: dict[str, list[AnnotationRecord]] = defaultdict(list)
@@ -339,7 +347,7 @@ def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Locat
         for extra in current:
             if extra is not keeper:
                 work.duplicates.setdefault(keeper.location, {})[extra.id] = keeper.id
-        counterpart = Counterpart.of(keeper)
+        counterpart = Counterpart.of(keeper, policy)
         if original is not None:
             work.counterparts[original_id] = counterpart
         if not counterpart.doubtful:
@@ -348,7 +356,7 @@ def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Locat
         for location, found in by_location.items():
             waiting = [o for o in found if o.id not in work.counterparts and o.id not in work.stale]
             for original_id, record in _recognise_edited(waiting, candidates.get(location, [])).items():
-                counterpart = Counterpart.of(record, recognised=True)
+                counterpart = Counterpart.of(record, policy, recognised=True)
                 work.counterparts[original_id] = counterpart
                 if not counterpart.doubtful:
                     work.accepted.setdefault(location, []).append(counterpart.outline)
@@ -365,7 +373,7 @@ def read_job(platform: Platform, params: RefineParameters, key: str, locations: 
     outputs = platform.output_polygons(stable, locations)
     # With no output tags of their own, refined polygons carry their originals' tags: an
     # edited one is then an original itself, and nothing else can be taken for one.
-    return JobRecords(originals, earlier_work(outputs, originals, key, recognise=bool(stable)))
+    return JobRecords(originals, earlier_work(outputs, originals, key, params.doubtful, recognise=bool(stable)))
 
 
 # --- connections ---------------------------------------------------------------------
@@ -675,7 +683,8 @@ class WriteBack:
             raise _NotConfirmed(pending)
 
     def _create(self, location: Location, refined: list[Refined], earlier) -> dict[str, str]:
-        documents = [refined_document(r.original, r.polygon, self.params, self.key, r.doubtful) for r in refined]
+        documents = [refined_document(r.original, r.polygon, self.params, self.key, r.doubtful, r.accepted_anyway)
+                     for r in refined]
         pending = _PendingCreate(location, refined, list(earlier), documents, self.platform.cursor(), {})
         try:
             self._create_documents(pending, verify_first=False)

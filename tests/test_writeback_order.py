@@ -596,7 +596,8 @@ def test_the_platform_and_the_fake_have_what_write_back_needs_with_the_same_para
 
 def test_counterpart_of_a_document_keeps_its_outline_compact():
     counterpart = Counterpart.of({"_id": "a" * 24, "shape": "polygon", "tags": ["refined"],
-                                  "coordinates": [{"x": 1, "y": 2}, {"x": 5, "y": 2}, {"x": 5, "y": 6}]})
+                                  "coordinates": [{"x": 1, "y": 2}, {"x": 5, "y": 2}, {"x": 5, "y": 6}]},
+                                 ui.DOUBTFUL_TAG)
     assert counterpart.outline.dtype == np.float32 and counterpart.outline.shape == (3, 2)
     assert counterpart.point == (pytest.approx(11 / 3), pytest.approx(10 / 3), None)
 
@@ -618,3 +619,24 @@ def test_an_answer_that_leaves_out_a_created_polygon_is_checked_not_trusted_by_p
     assert platform.calls.count("create_annotations") == 1  # all were applied: nothing sent again
     assert platform.links() == sorted((parent, only_refined(platform, o)["_id"]) for o in originals)
 
+
+
+@pytest.mark.parametrize("second_policy, replaced", [(ui.DOUBTFUL_TAG, False), (ui.DOUBTFUL_ACCEPT, True)])
+def test_a_refinement_accepted_anyway_replaces_its_original_later_only_if_that_run_accepts_doubtful_ones(
+        second_policy, replaced):
+    """Run 1: "Accept anyway", originals kept; one refinement was doubtful and saved
+    untagged. Run 2, same settings with "Delete original annotations": under "Tag for
+    review" that refinement must not replace its original; under "Accept anyway" it does."""
+    platform = FakePlatform()
+    doubted, good = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(2)]
+    writer, _ = writer_for(platform, parameters(platform, replace=False, doubtful=ui.DOUBTFUL_ACCEPT))
+    writer.write_location(HERE, [Refined(platform.annotations[doubted], inner(doubted, platform), accepted_anyway=True),
+                                 Refined(platform.annotations[good], inner(good, platform))])
+    writer.finish()
+    assert ui.REVIEW_TAG not in only_refined(platform, doubted)["tags"]
+    writer, job = writer_for(platform, parameters(platform, replace=True, doubtful=second_policy))
+    writer.write_location(HERE, [], [(platform.annotations[o], job.earlier.counterparts[o]) for o in (doubted, good)])
+    writer.finish()
+    assert good not in platform.annotations
+    assert (doubted not in platform.annotations) == replaced
+    assert len(platform.refined_of(doubted)) == 1
