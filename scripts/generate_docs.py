@@ -165,8 +165,8 @@ def render(labels: dict[str, str], checkpoints: str | None) -> str:
         "",
         "Every refinement is checked against its original. One that fails a check is *doubtful*: "
         "it never replaces its original, and *Doubtful refinements* decides what is saved. When SAM2's "
-        "mask for a box is doubtful or empty, its alternative masks for the same box are tried, best "
-        "rated first, and the first that passes every check is used (counted as recovered). The job's "
+        "mask for a box is doubtful or empty (and not too coarse at the resolution), its alternative "
+        "masks for the same box are tried, best rated first, and the first that passes every check is used (counted as recovered). The job's "
         "summary and warnings count each original under one reason:",
         "",
         "| Reason | What it means | What to do |",
