@@ -50,6 +50,18 @@ class Recorder:
 NAMES = [f"T{t}" for t in range(6)]
 
 
+def failing_fetch(name: str, failing: str | None):
+    """Location `name`'s window reads, failing as a lost server would when it is `failing`."""
+    base = work(name).fetch
+
+    def fetch(window):
+        if name == failing:
+            raise ConnectionError("the server went away")
+        return base(window)
+
+    return fetch
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_location_is_finished_once_in_order_with_every_object(workers):
     finished = Recorder()
@@ -103,16 +115,6 @@ def test_a_failure_in_any_stage_ends_the_run_after_the_locations_before_it(stage
     raises the failure."""
     failing = "T3"
 
-    def fetch_of(name):
-        base = work(name).fetch
-
-        def fetch(window):
-            if name == failing:
-                raise ConnectionError("the server went away")
-            return base(window)
-
-        return fetch
-
     first_window_of_failing = 3 * windows_per_location()
     encoded = []
 
@@ -123,7 +125,7 @@ def test_a_failure_in_any_stage_ends_the_run_after_the_locations_before_it(stage
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
             super().encode(window_image, window)
 
-    locations = [work(name, fetch_of(name) if stage == "fetch" else None) for name in NAMES]
+    locations = [work(name, failing_fetch(name, failing) if stage == "fetch" else None) for name in NAMES]
     finished = Recorder(fail_at=failing if stage == "write" else None)
     with pytest.raises((ConnectionError, RuntimeError)):
         run_pipeline(locations, lambda: Model(SHAPES), SETTINGS, finished)
@@ -211,21 +213,11 @@ def test_batched_encoding_of_one_window_locations_finishes_them_all_or_ends_at_a
     fails ends the run with the failure, after the locations before it."""
     from sam2_refine.interface import RESOLUTION_WHOLE_FRAME
 
-    def fetch_of(name):
-        base = work(name).fetch
-
-        def fetch(window):
-            if name == failing:
-                raise ConnectionError("the server went away")
-            return base(window)
-
-        return fetch
-
     finished, raised = Recorder(), []
 
     def run() -> None:
         try:
-            run_pipeline([work(name, fetch_of(name)) for name in NAMES], lambda: BatchedOracle(SHAPES),
+            run_pipeline([work(name, failing_fetch(name, failing)) for name in NAMES], lambda: BatchedOracle(SHAPES),
                          RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME), finished)
         except ConnectionError as error:
             raised.append(error)
