@@ -34,7 +34,7 @@ from shapely.geometry import Polygon
 from . import geometry, review, tiling
 from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
-from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks
+from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks, low_res_span
 from .outcome import Outcome, Reason
 from .tiling import Box
 
@@ -118,21 +118,13 @@ class LowRes:
     grid: tuple[int, int]
 
 
-def grid_span(start: int, stop: int, window_side: int, cells: int) -> tuple[int, int]:
-    """The cells [first, last) that resizing to `window_side` pixels reads for window pixels
-    [start, stop), with one cell to spare on each side."""
-    scale = cells / window_side
-    first = max(0.0, (start + 0.5) * scale - 0.5)
-    last = max(0.0, (max(stop, start + 1) - 0.5) * scale - 0.5)
-    return max(0, int(first) - 1), min(cells, int(last) + 3)
-
-
 def crop_low_res(logits: np.ndarray, area: Region, window: Window) -> LowRes:
     """The cells of `logits` (h, w) over the window that resizing reads for `area`."""
     rows, cols = logits.shape
-    col0, col1 = grid_span(area[0], area[2], window.width, cols)
-    row0, row1 = grid_span(area[1], area[3], window.height, rows)
-    return LowRes(np.ascontiguousarray(logits[row0:row1, col0:col1], dtype=np.float32), row0, col0, (rows, cols))
+    col_span = low_res_span(area[0], area[2], window.width, cols)
+    row_span = low_res_span(area[1], area[3], window.height, rows)
+    return LowRes(np.ascontiguousarray(logits[row_span.start:row_span.stop, col_span.start:col_span.stop],
+                                       dtype=np.float32), row_span.start, col_span.start, (rows, cols))
 
 
 def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: Region) -> np.ndarray:
@@ -233,7 +225,6 @@ class ObjectTask:
     logits are SAM2's; `candidates` are SAM2's alternative masks for the same box, with its
     IoU estimate of each."""
 
-    owner: int
     prompt: Prompt
     window: Window
     frame_size: tuple[int, int]
@@ -375,7 +366,7 @@ def why_not_accepted(outcome: Outcome) -> Reason:
 
 def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[tuple[int, Outcome]]:
     """(owner, outcome) for each task: one unit of work for a pool."""
-    return [(task.owner, settle(task, settings)) for task in tasks]
+    return [(task.prompt.owner, settle(task, settings)) for task in tasks]
 
 
 # --- one window ------------------------------------------------------------------------
@@ -399,11 +390,15 @@ def decode_window(
         decoded: DecodedMasks = decode_masks(predictor, boxes, np.array(areas, dtype=np.int64))
         tasks = []
         for k, (prompt, area) in enumerate(zip(batch, areas)):
-            candidates = () if decoded.candidates is None else tuple(
+            # `settle` never tries the alternatives of an object too coarse at this resolution.
+            alternatives = decoded.candidates is not None and \
+                coarseness(prompt.box, window, decoded.logits.shape[1:]) >= review.COARSE_SPAN
+            candidates = () if not alternatives else tuple(
                 crop_low_res(candidate, area, window) for candidate in decoded.candidates[k])
-            candidate_iou = () if decoded.candidate_iou is None else tuple(float(v) for v in decoded.candidate_iou[k])
+            candidate_iou = () if not alternatives or decoded.candidate_iou is None else tuple(
+                float(v) for v in decoded.candidate_iou[k])
             tasks.append(ObjectTask(
-                prompt.owner, prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window),
+                prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window),
                 _scores(decoded.predicted_iou, k), _scores(decoded.object_score, k), candidates, candidate_iou,
             ))
         yield tasks

@@ -276,14 +276,14 @@ class _Span:
     stop: int
 
 
-def low_res_span(start: int, stop: int, window_size: int) -> _Span:
-    """The low-resolution cells that resizing the logits to `window_size` pixels reads for
-    window pixels [start, stop) (engine.resize_region's bilinear sampling), with one cell
-    to spare on each side against rounding."""
-    scale = LOW_RES_SIDE / window_size
+def low_res_span(start: int, stop: int, window_size: int, cells: int = LOW_RES_SIDE) -> _Span:
+    """The cells of a `cells`-wide low-resolution grid that resizing the logits to
+    `window_size` pixels reads for window pixels [start, stop) (engine.resize_region's
+    bilinear sampling), with one cell to spare on each side against rounding."""
+    scale = cells / window_size
     first = max(0.0, (start + 0.5) * scale - 0.5)
     last = max(0.0, (max(stop, start + 1) - 0.5) * scale - 0.5)
-    return _Span(max(0, int(first) - 1), min(LOW_RES_SIDE, int(last) + 3))
+    return _Span(max(0, int(first) - 1), min(cells, int(last) + 3))
 
 
 def embedding_span(cells: _Span) -> _Span:

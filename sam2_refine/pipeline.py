@@ -192,7 +192,7 @@ def outline_executor(workers: int) -> Executor:
 _COMPLETE, _ABANDONED = object(), object()
 
 
-@dataclass
+@dataclass(eq=False)  # one location is one object: compared by identity
 class _Location:
     """A location on its way through the stages. `batches` carries (future of the settled
     tasks, object count) from the model stage to the finish stage, then _COMPLETE."""
@@ -200,7 +200,6 @@ class _Location:
     work: LocationWork
     plan: LocationPlan
     batches: queue.Queue = field(default_factory=queue.Queue)
-    handed_on: bool = False
 
 
 @dataclass
@@ -338,9 +337,8 @@ class Pipeline:
         open_locations: list[_Location] = []
 
         def hand_on(location: _Location) -> None:
-            if not location.handed_on:
+            if location not in open_locations:  # its first window: the rest follow before it completes
                 self._put(finishing, location)
-                location.handed_on = True
                 open_locations.append(location)
 
         def complete(location: _Location) -> None:

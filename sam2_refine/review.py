@@ -225,9 +225,11 @@ def is_box(original: Polygon) -> bool:
 
 def outside_share(refined: Polygon, original: Polygon, growth: float) -> float:
     """The share of the refined area outside the original grown by `growth` pixels."""
-    if refined.area <= 0:
-        return 0.0
-    return refined.difference(original.buffer(growth)).area / refined.area
+    return _share_outside(refined, original.buffer(growth))
+
+
+def _share_outside(refined: Polygon, zone: Polygon) -> float:
+    return refined.difference(zone).area / refined.area if refined.area > 0 else 0.0
 
 
 def spill_growth(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float:
@@ -251,7 +253,7 @@ def spills(
         return False
     limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
     zone = allowed_zone(original, thresholds) if zone is None else zone
-    return refined.difference(zone).area > limit * refined.area
+    return _share_outside(refined, zone) > limit
 
 
 def cut_by_frame(refined: Polygon, frame_size: FrameSize | None) -> bool:
