@@ -48,6 +48,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from sam2_refine.errors import EXIT_FAILED, EXIT_INVALID_INPUT, WorkerError  # noqa: E402
+from sam2_refine.messages import Redactor  # noqa: E402
 
 EXIT_CANCELLED = 143
 CANCEL_MESSAGE = ("The job was cancelled", "Anything saved before the cancel is kept.", "Cancelled")
@@ -59,25 +60,18 @@ class _Lines:
 
     def __init__(self) -> None:
         self.reporter = None
-        self.token = ""
+        self.redact = Redactor([])  # the job's token, once the command line is read
         self.cancel_reported = False
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "<token>") if self.token else text
-
-    def _redact(self, text: str | None) -> str | None:
-        """Redacted, on one line: the app parses the log line by line."""
-        return None if text is None else self._scrub(" ".join(str(text).splitlines()))
 
     def error(self, message: str, info: str | None, title: str) -> None:
         if self.reporter is not None:
             self.reporter.error(message, info=info, title=title)
             return
-        line = {"error": self._redact(message), "title": title, "info": self._redact(info), "type": "error"}
+        line = {"error": self.redact.line(message), "title": title, "info": self.redact.line(info), "type": "error"}
         print(json.dumps(line), flush=True)
 
     def log(self, text: str) -> None:
-        print(self._scrub(text), file=sys.stderr, flush=True)
+        print(self.redact(text), file=sys.stderr, flush=True)
 
     def cancel(self) -> None:
         """The cancel's line, once; it starts on a line of its own whatever was cut off."""
@@ -94,11 +88,8 @@ LINES = _Lines()
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise _InvalidCommandLine(message)
-
-
-class _InvalidCommandLine(Exception):
-    pass
+        raise _Refused(f"Invalid command line: {message}", "The platform passes --apiUrl, --token, --request, "
+                                                           "--parameters and --datasetId.")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -179,12 +170,8 @@ def run(args: argparse.Namespace, parameters: dict, reporter, platform) -> None:
 def _start(argv: list[str]):
     """The command line, settings and platform connection; raises what stops the job."""
     global _request
-    try:
-        args = parse_arguments(argv)
-    except _InvalidCommandLine as error:
-        raise _Refused(f"Invalid command line: {error}", "The platform passes --apiUrl, --token, --request, "
-                                                         "--parameters and --datasetId.") from None
-    LINES.token = args.token
+    args = parse_arguments(argv)
+    LINES.redact = Redactor([args.token])
     _request = args.request
     try:
         parameters = json.loads(args.parameters)
@@ -195,7 +182,7 @@ def _start(argv: list[str]):
                        "The platform sends the job's parameters as JSON.") from None
 
     from sam2_refine import nimbus
-    from sam2_refine.messages import Redactor, Reporter
+    from sam2_refine.messages import Reporter
 
     nimbus.configure(os.environ)
     try:
@@ -203,7 +190,7 @@ def _start(argv: list[str]):
     except ValueError as error:
         raise WorkerError(f"Could not connect to the platform: {error}", info="Check the --apiUrl the platform "
                                                                               "passes.") from error
-    LINES.reporter = Reporter(platform.context, Redactor([args.token]))
+    LINES.reporter = Reporter(platform.context, LINES.redact)
     return args, parameters, LINES.reporter, platform
 
 

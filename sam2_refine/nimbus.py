@@ -541,16 +541,6 @@ class Platform:
             if wanted is None or Location.from_dict(document.get("location")) in wanted
         ]
 
-    def marked_annotations(self, run_key: str, tags: list[str], locations: Collection[Location] | None = None
-                           ) -> dict[str, AnnotationRecord]:
-        """original id -> refined polygon carrying all of `tags` whose marker is
-        "<run_key>/<original id>" (created by a run with the same settings)."""
-        prefix = f"{run_key}/"
-        return {
-            record.marker[len(prefix):]: record for record in self.output_polygons(tuple(tags), locations)
-            if record.marker is not None and record.marker.startswith(prefix)
-        }
-
     def annotations_since(self, cursor: str | None, tags: tuple[str, ...]) -> Iterator[AnnotationRecord]:
         """The polygons carrying all of `tags` created after `cursor`."""
         for document in self._annotation_listing(tags, "polygon", after=cursor):

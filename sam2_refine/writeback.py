@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
+import shapely
 from shapely.geometry import Polygon
 
 from . import interface as ui
@@ -45,8 +46,8 @@ from .errors import WorkerError
 from .geometry import polygon_to_coordinates
 from .messages import Reporter, plural
 from .nimbus import (
-    DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, AnnotationRecord, ConnectionRecord, OutcomeUnknown, PayloadTooLarge, chunks_by_size,
-    iter_chunks, record_of,
+    DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, AnnotationRecord, ConnectionRecord, OutcomeUnknown, PayloadTooLarge,
+    chunks_by_size, iter_chunks, record_of,
 )
 from .parameters import Location, RefineParameters
 
@@ -149,7 +150,13 @@ def marker(key: str, original_id: str) -> str:
 
 
 def is_output_of(document: Mapping, key: str) -> bool:
-    return str(document.get(MARKER_KEY, "")).startswith(f"{key}/")
+    return marked_source(str(document.get(MARKER_KEY, "")), key) is not None
+
+
+def marked_source(marker: str | None, key: str) -> str | None:
+    """The original id a marker of run `key` names; None for no marker or another run's."""
+    prefix = f"{key}/"
+    return marker[len(prefix):] if marker is not None and marker.startswith(prefix) else None
 
 
 def _source_of(document: Mapping) -> str:
@@ -331,8 +338,8 @@ def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Locat
     by_source: dict[str, list[AnnotationRecord]] = defaultdict(list)
     candidates: dict[Location, list[AnnotationRecord]] = defaultdict(list)
     for record in outputs:
-        if record.marker is not None and record.marker.startswith(f"{key}/"):
-            by_source[record.marker[len(key) + 1:]].append(record)
+        if (source := marked_source(record.marker, key)) is not None:
+            by_source[source].append(record)
             work.refined_ids.add(record.id)
         elif record.marker is None and record.id not in originals:
             candidates[record.location].append(record)
@@ -388,9 +395,14 @@ class _Parent:
     channel: int | None
 
 
-def _reference_point(document: Mapping) -> tuple[float, float, float | None] | None:
-    record = document if isinstance(document, AnnotationRecord) else record_of({"_id": "", **document})
-    return record.reference_point()
+def _vertex_centroid(polygon: Polygon) -> tuple[float, float, None] | None:
+    """Where the platform measures a refined polygon's connection distances from (as
+    `AnnotationRecord.reference_point` of its saved document: no z)."""
+    vertices = shapely.get_coordinates(polygon.exterior)[:-1]
+    if len(vertices) == 0:
+        return None
+    x, y = vertices.mean(axis=0)
+    return float(x), float(y), None
 
 
 def _distance(point: tuple[float, float, float | None], parent: _Parent) -> float:
@@ -420,9 +432,6 @@ class Connections:
         if record is not None:
             self._by_node[record.parent_id].discard(connection_id)
             self._by_node[record.child_id].discard(connection_id)
-
-    def __contains__(self, connection_id: str) -> bool:
-        return connection_id in self._by_id
 
     def touching(self, annotation_ids: Iterable[str]) -> list[ConnectionRecord]:
         ids = {cid for annotation_id in annotation_ids for cid in self._by_node.get(annotation_id, ())}
@@ -459,9 +468,8 @@ def moved_connections(touching: list[ConnectionRecord], replaced: Mapping[str, s
 
 
 def _ends(connection: Mapping) -> tuple[str, str, tuple[str, ...], str | None]:
-    label = connection.get("label")
-    return (str(connection["parentId"]), str(connection["childId"]), tuple(connection.get("tags") or ()),
-            str(label) if label is not None else None)
+    """The link a connection document to be created makes (`ConnectionRecord.ends` of it)."""
+    return ConnectionRecord.of({"_id": "", **connection}).ends
 
 
 # --- results -------------------------------------------------------------------------
@@ -479,10 +487,8 @@ class WriteResult:
     connections_skipped: int = 0  # could not be moved: their other end no longer exists
     duplicates_removed: int = 0  # refined polygons and connections a late write made twice
     stale_removed: int = 0  # refinements of an outline the user has since changed
-    unknown_outcomes: int = 0  # writes whose outcome had to be verified
     delete_failures: list[str] = field(default_factory=list)
     connect_failures: list[str] = field(default_factory=list)
-    save_failures: list[str] = field(default_factory=list)
 
 
 class Unfinished(WorkerError):
@@ -621,7 +627,6 @@ class WriteBack:
                 half = len(pending) // 2
                 return self._complete(pending[:half], send, missing) + self._complete(pending[half:], send, missing)
             except OutcomeUnknown as unknown:
-                self.result.unknown_outcomes += 1
                 self._last_problem = str(unknown)
                 pending = self._settled(pending, missing, unknown.may_apply_later)
                 if unknown.may_apply_later:
@@ -639,10 +644,9 @@ class WriteBack:
         """original id -> ids of the refined polygons of this run key created after `cursor`."""
         found: dict[str, list[str]] = defaultdict(list)
         for record in self.platform.annotations_since(cursor, stable_output_tags(self.params)):
-            if record.marker is not None and record.marker.startswith(f"{self.key}/"):
-                source = record.marker[len(self.key) + 1:]
-                if source in sources:
-                    found[source].append(record.id)
+            source = marked_source(record.marker, self.key)
+            if source is not None and source in sources:
+                found[source].append(record.id)
         return found
 
     def _create_documents(self, pending: _PendingCreate, verify_first: bool) -> None:
@@ -725,7 +729,7 @@ class WriteBack:
         for chunk in iter_chunks(connections, CREATE_CHUNK):
             left += self._complete(chunk, send, missing)
         if resent:
-            kept = {record.ends: record.id for c in connections for record in self.connections.touching([c["childId"]])}
+            kept = {record.ends: record.id for record in self.connections.touching({c["childId"] for c in connections})}
             self._resent.append(_Resent(cursor, {}, kept))
         return left
 
@@ -803,23 +807,21 @@ class WriteBack:
         return movable
 
     def _delete_annotations(self, annotation_ids: list[str]) -> list[str]:
-        left = self._delete_in_chunks(annotation_ids, self.platform.delete_annotations,
-                                      self.platform.existing_annotations)
-        for annotation_id in set(annotation_ids) - set(left):
+        def forget(annotation_id: str) -> None:
             self._present.discard(annotation_id)
             self._gone.add(annotation_id)
-        return left
+
+        return self._delete_in_chunks(annotation_ids, self.platform.delete_annotations,
+                                      self.platform.existing_annotations, forget)
 
     def _delete_connections(self, connection_ids: list[str]) -> list[str]:
-        left = self._delete_in_chunks(connection_ids, self.platform.delete_connections,
-                                      self.platform.existing_connections)
-        for connection_id in set(connection_ids) - set(left):
-            self.connections.remove(connection_id)
-        return left
+        return self._delete_in_chunks(connection_ids, self.platform.delete_connections,
+                                      self.platform.existing_connections, self.connections.remove)
 
     def _delete_in_chunks(self, ids: list[str], delete: Callable[[list[str]], None],
-                          existing: Callable[[list[str]], set[str]]) -> list[str]:
-        """Delete `ids` chunk by chunk; return those still present after the write policy."""
+                          existing: Callable[[list[str]], set[str]], forget: Callable[[str], None]) -> list[str]:
+        """Delete `ids` chunk by chunk, `forget` each one deleted; return those still present
+        after the write policy."""
         def still_present(chunk: list[str]) -> list[str]:
             present = existing(chunk)
             return [i for i in chunk if i in present]
@@ -827,6 +829,8 @@ class WriteBack:
         left: list[str] = []
         for chunk in iter_chunks(ids, DELETE_CHUNK):
             left += self._complete(chunk, delete, still_present)
+        for deleted in set(ids) - set(left):
+            forget(deleted)
         return left
 
     def _replace_chunk(self, chunk: dict[str, str]) -> str | None:
@@ -922,7 +926,7 @@ class WriteBack:
                       created: dict[str, str]) -> None:
         self.result.created_doubtful += sum(1 for r in refined if r.doubtful and r.original["_id"] in created)
         children = {
-            created[r.original["_id"]]: _reference_point({"coordinates": polygon_to_coordinates(r.polygon)})
+            created[r.original["_id"]]: _vertex_centroid(r.polygon)
             for r in refined if r.original["_id"] in created
         }
         children.update({c.refined_id: c.point for _, c in earlier if not c.recognised})
@@ -977,8 +981,7 @@ class WriteBack:
         if self._resent or self._unfinished_deletes:
             self._wait_for_late_writes()
             self._remove_late_twins(self._resent)
-        self.result.kept_originals = sum(1 for old in self._unfinished_replacements
-                                         if old not in self.earlier.refined_ids)
+        self.result.kept_originals = self._kept_originals()
         if self.result.connections_skipped:
             self.reporter.warning(
                 f"{plural(self.result.connections_skipped, 'connection')} could not be moved to a refined polygon: "
@@ -999,13 +1002,17 @@ class WriteBack:
         if self._last_resend is not None:
             self.clock.sleep(max(0.0, settle_seconds() - (self.clock.now() - self._last_resend)))
 
+    def _kept_originals(self) -> int:
+        """Originals still waiting to be replaced (not refinements of an earlier outline)."""
+        return sum(1 for old in self._unfinished_replacements if old not in self.earlier.refined_ids)
+
     def left_undone(self) -> str:
         """What the job could not do, in words ('' when nothing)."""
         parts = []
         unsaved = sum(len(p.documents) for p in self._pending_creates)
         if unsaved:
             parts.append(f"{plural(unsaved, 'refined polygon')} could not be saved (their originals are untouched)")
-        kept = sum(1 for old in self._unfinished_replacements if old not in self.earlier.refined_ids)
+        kept = self._kept_originals()
         if kept:
             parts.append(f"{plural(kept, 'original')} {'is' if kept == 1 else 'are'} still there next to "
                          "the refined version")
@@ -1020,7 +1027,7 @@ class WriteBack:
         return "; ".join(parts)
 
     def _unfinished_info(self) -> str:
-        reasons = self.result.delete_failures + self.result.connect_failures + self.result.save_failures
+        reasons = self.result.delete_failures + self.result.connect_failures
         refined_tags_text = ", ".join(self.params.output_tags) or "of their originals"
         originals_text = ", ".join(self.params.refine_tags) or "their own tags"
         unsaved = "Nothing was deleted for the refined polygons that could not be saved. " \
