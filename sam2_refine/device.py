@@ -77,13 +77,18 @@ def choose_device(requested: str | None = None, environ: Mapping[str, str] | Non
     return DeviceChoice("cpu", _cpu_description(threads), threads, warning)
 
 
+def is_missing_kernel(error: BaseException) -> bool:
+    """Whether a CUDA error says the installed torch has no kernels for this GPU."""
+    return "no kernel image" in str(error).lower()
+
+
 def missing_kernels(torch, kind: str) -> str | None:
     """Why the installed torch cannot run kernels on this GPU (a GPU older, or newer, than
     the build's architectures), or None when a small kernel runs."""
     try:
         (torch.ones(2, device=kind) * 2).sum().item()
     except RuntimeError as error:
-        if "no kernel image" not in str(error).lower():
+        if not is_missing_kernel(error):
             raise
         major, minor = torch.cuda.get_device_capability(kind)
         return (f"{torch.cuda.get_device_name(kind)} has compute capability {major}.{minor}, which this build of "

@@ -305,10 +305,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
-def _is_missing_kernel(error: BaseException) -> bool:
-    return "no kernel image" in str(error).lower()
-
-
 # Up to this many windows per encoder batch, using at most this share of the free GPU memory.
 MAX_ENCODE_BATCH = 8
 ENCODE_MEMORY_SHARE = 0.5
@@ -359,7 +355,7 @@ class Sam2Predictor:
     def __init__(self, checkpoint: Path, device: str | None = None, precision: str | None = None):
         import torch
 
-        from .device import choose_device
+        from .device import choose_device, is_missing_kernel
 
         choice = choose_device(device)
         config = config_for_checkpoint(checkpoint)
@@ -368,7 +364,7 @@ class Sam2Predictor:
         except WorkerError:
             raise
         except Exception as error:
-            if choice.kind.startswith("cuda") and (_is_out_of_memory(error) or _is_missing_kernel(error)):
+            if choice.kind.startswith("cuda") and (_is_out_of_memory(error) or is_missing_kernel(error)):
                 self.model = None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
