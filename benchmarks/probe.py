@@ -20,13 +20,12 @@ Environment:
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,14 +52,6 @@ class Clock:
         finally:
             self.seconds[stage] += time.perf_counter() - start
             self.calls[stage] += 1
-
-    def wrap(self, stage: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed_call(*args: Any, **kwargs: Any) -> Any:
-            with self.timed(stage):
-                return function(*args, **kwargs)
-
-        return timed_call
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.time())

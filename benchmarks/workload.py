@@ -57,15 +57,10 @@ class Cells:
     def nearest(self, x: float, y: float) -> int:
         return int(np.argmin((self.cx - x) ** 2 + (self.cy - y) ** 2))
 
-    def low_res_logits(
-        self, box: np.ndarray, left: int, top: int, width: int, height: int, area: np.ndarray | None = None
-    ) -> np.ndarray:
-        """(256, 256) logits over the window for a box given in window pixels; with `area`
-        (window pixels col0, row0, col1, row1), computed only over the low-resolution cells
-        that resizing reads there (one cell to spare), and -1e4 elsewhere, as the real
-        predictor's `decode` leaves what it was not asked for."""
+    def low_res_logits(self, box: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
+        """(256, 256) logits over the window for a box given in window pixels."""
         logits = np.full((LOW_RES, LOW_RES), -1.0e4, np.float32)
-        self.write_logits(logits, box, left, top, width, height, area)
+        self.write_logits(logits, box, left, top, width, height, None)
         return logits
 
     def batch_logits(self, boxes: np.ndarray, left: int, top: int, width: int, height: int,

@@ -344,16 +344,9 @@ class Store:
     def _matching(self, query: AnnotationQuery) -> list[dict]:
         return [doc for doc in self.annotations.values() if self._matches(doc, query)]
 
-    def list_annotations(self, query: AnnotationQuery, paging: Paging) -> list[dict]:
-        with self.lock:
-            if paging.sort == "_id" and paging.sortdir >= 0:
-                return _out(_page_in_order(self._annotation_order, self.annotations,
-                                           lambda doc: self._matches(doc, query), paging))
-            return _out(_page(self._matching(query), paging))
-
     def annotation_page_json(self, query: AnnotationQuery, paging: Paging) -> bytes:
-        """`list_annotations` as the response body: serialized once, not copied first
-        (stored documents are replaced, never changed in place)."""
+        """A page of the annotations matching `query`, as the response body: serialized
+        once, not copied first (stored documents are replaced, never changed in place)."""
         with self.lock:
             if paging.sort == "_id" and paging.sortdir >= 0:
                 page = _page_in_order(self._annotation_order, self.annotations,

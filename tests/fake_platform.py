@@ -26,18 +26,16 @@ class FakeClock(Clock):
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.slept: list[float] = []
         super().__init__(now=lambda: self.seconds, sleep=self._sleep)
 
     def _sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
         self.seconds += seconds
 
 
 class FakePlatform:
-    def __init__(self, dataset_id: str = "d" * 24, clock: FakeClock | None = None):
+    def __init__(self, dataset_id: str = "d" * 24):
         self.dataset_id = dataset_id
-        self.clock = clock or FakeClock()
+        self.clock = FakeClock()
         self.annotations: dict[str, dict] = {}
         self.connections_by_id: dict[str, dict] = {}
         self.calls: list[str] = []
@@ -195,42 +193,35 @@ class FakePlatform:
             assert document["shape"] in ("point", "line", "polygon", "rectangle")
             assert all(isinstance(tag, str) for tag in document["tags"])
 
-        def apply() -> list[dict]:
-            created = []
-            for document in documents:
-                annotation_id = self._new_id()
-                self.annotations[annotation_id] = {**document, "_id": annotation_id}
-                created.append(dict(self.annotations[annotation_id]))
-            return created
-
-        return self._write("create_annotations", documents, apply)
+        return self._write("create_annotations", documents, lambda: self._insert(self.annotations, documents))
 
     def create_connections(self, connections: list[dict]) -> list[dict]:
         def apply() -> list[dict]:
             for connection in connections:
                 if connection["parentId"] not in self.annotations or connection["childId"] not in self.annotations:
                     raise HttpError(400, "A parent or child annotation does not exist")
-            created = []
-            for connection in connections:
-                connection_id = self._new_id()
-                self.connections_by_id[connection_id] = {**connection, "_id": connection_id}
-                created.append(dict(self.connections_by_id[connection_id]))
-            return created
+            return self._insert(self.connections_by_id, connections)
 
         return self._write("create_connections", connections, apply)
 
-    def delete_connections(self, connection_ids: list[str]) -> None:
-        def apply() -> list:
-            for connection_id in connection_ids:
-                self.connections_by_id.pop(connection_id, None)
-            return []
+    def _insert(self, table: dict[str, dict], documents: list[dict]) -> list[dict]:
+        """Store each document under a new id; the stored copies, in order."""
+        created = []
+        for document in documents:
+            new_id = self._new_id()
+            table[new_id] = {**document, "_id": new_id}
+            created.append(dict(table[new_id]))
+        return created
 
-        self._write("delete_connections", connection_ids, apply)
+    @staticmethod
+    def _remove(table: dict[str, dict], ids: list[str]) -> list:
+        for removed in ids:
+            table.pop(removed, None)
+        return []
+
+    def delete_connections(self, connection_ids: list[str]) -> None:
+        self._write("delete_connections", connection_ids, lambda: self._remove(self.connections_by_id, connection_ids))
 
     def delete_annotations(self, annotation_ids: list[str]) -> None:
-        def apply() -> list:
-            for annotation_id in annotation_ids:
-                self.annotations.pop(annotation_id, None)  # connections stay: the platform leaves orphans
-            return []
-
-        self._write("delete_annotations", annotation_ids, apply)
+        # Connections stay: the platform's bulk delete leaves them as orphans.
+        self._write("delete_annotations", annotation_ids, lambda: self._remove(self.annotations, annotation_ids))

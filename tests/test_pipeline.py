@@ -21,15 +21,25 @@ SETTINGS = RefineSettings(0.7, 0, RESOLUTION_AUTO)
 SHAPES = [Disk(80 + 130 * (i % 8), 80 + 120 * (i // 8), 9 + i % 5) for i in range(48)]  # 48 apart, many windows
 
 
+IMAGE = np.zeros((HEIGHT, WIDTH, 3), np.float32)  # every location's frame
+
+
+def crop(window):
+    return IMAGE[window.top:window.top + window.height, window.left:window.left + window.width]
+
+
 def work(name: str, fetch=None) -> LocationWork:
     coordinates = [shape.rough_outline(2) for shape in SHAPES]
-    image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
-
-    def crop(window):
-        return image[window.top:window.top + window.height, window.left:window.left + window.width]
-
     return LocationWork((WIDTH, HEIGHT), coordinates, [outline_of_coordinates(c) for c in coordinates],
                         fetch or crop, context=name)
+
+
+def watched(target, *args) -> threading.Thread:
+    """Run `target` in a thread and wait for it; a thread still alive is a hang."""
+    runner = threading.Thread(target=target, args=args, daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    return runner
 
 
 class Recorder:
@@ -52,12 +62,11 @@ NAMES = [f"T{t}" for t in range(6)]
 
 def failing_fetch(name: str, failing: str | None):
     """Location `name`'s window reads, failing as a lost server would when it is `failing`."""
-    base = work(name).fetch
 
     def fetch(window):
         if name == failing:
             raise ConnectionError("the server went away")
-        return base(window)
+        return crop(window)
 
     return fetch
 
@@ -148,11 +157,9 @@ def test_a_cancel_stops_at_once_and_finishes_nothing_after_the_location_being_wr
     fetched = []
 
     def counting(name):
-        base = work(name).fetch
-
         def fetch(window):
             fetched.append(name)
-            return base(window)
+            return crop(window)
 
         return fetch
 
@@ -176,11 +183,8 @@ def test_a_location_with_more_objects_than_may_be_in_flight_is_settled_as_it_goe
 
     monkeypatch.setattr(pipeline, "MAX_OBJECTS_IN_FLIGHT", 5)
     finished = Recorder()
-    runner = threading.Thread(target=run_pipeline, args=(
-        [work(name) for name in NAMES[:2]], lambda: OraclePredictor(SHAPES), RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME),
-        finished), daemon=True)
-    runner.start()
-    runner.join(timeout=120)
+    runner = watched(run_pipeline, [work(name) for name in NAMES[:2]], lambda: OraclePredictor(SHAPES),
+                     RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME), finished)
     assert not runner.is_alive(), "the pipeline stopped with objects in flight"
     assert finished.finished == NAMES[:2]
     assert all(len(outcomes) == len(SHAPES) for outcomes in finished.outcomes.values())
@@ -196,14 +200,6 @@ class BatchedOracle(OraclePredictor):
 
     def use(self, encoded):
         self.encode(*encoded)
-
-
-def watched(target, *args) -> threading.Thread:
-    """Run `target` in a thread and wait for it; a thread still alive is a hang."""
-    runner = threading.Thread(target=target, args=args, daemon=True)
-    runner.start()
-    runner.join(timeout=120)
-    return runner
 
 
 @pytest.mark.parametrize("failing", [None, "T3"])

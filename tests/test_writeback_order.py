@@ -346,24 +346,27 @@ def test_chunks_are_bounded_by_bytes_as_well_as_count(monkeypatch):
 # --- unknown outcomes --------------------------------------------------------------------
 
 
-def test_create_applied_but_answer_lost_is_not_repeated():
+def three_replaced_under(**fault) -> tuple[FakePlatform, WriteBack, list[str]]:
+    """Three nuclei refined and replaced while the first create goes wrong as `fault`
+    says (FakePlatform.fail); writes the server applies late have landed since."""
     platform = FakePlatform()
     originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", after_apply=True)
+    platform.fail("create_annotations", **fault)
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
+    platform.finish_late_writes()
+    return platform, writer, originals
+
+
+def test_create_applied_but_answer_lost_is_not_repeated():
+    platform, _, originals = three_replaced_under(after_apply=True)
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 1
 
 
 def test_a_create_never_applied_is_checked_then_sent_again_once():
-    platform = FakePlatform()
-    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", lost=True)
-    writer, _ = writer_for(platform, parameters(platform))
-    refine_all(platform, writer, originals)
-    writer.finish()
+    platform, _, originals = three_replaced_under(lost=True)
     check_replaced_exactly_once(platform, originals)
     first, second = platform.calls.index("create_annotations"), len(platform.calls) - 1 - \
         platform.calls[::-1].index("create_annotations")
@@ -373,38 +376,21 @@ def test_a_create_never_applied_is_checked_then_sent_again_once():
 
 
 def test_a_create_applied_late_within_its_settle_time_is_found_and_not_sent_again():
-    platform = FakePlatform()
-    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", late=0.5)
-    writer, _ = writer_for(platform, parameters(platform))
-    refine_all(platform, writer, originals)
-    writer.finish()
-    platform.finish_late_writes()
+    platform, _, originals = three_replaced_under(late=0.5)
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 1
 
 
 def test_a_create_applied_after_it_was_sent_again_leaves_no_duplicate():
-    platform = FakePlatform()
-    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", late=1.2)  # lands after the resend, before the location is done
-    writer, _ = writer_for(platform, parameters(platform))
-    refine_all(platform, writer, originals)
-    writer.finish()
-    platform.finish_late_writes()
+    # Applied after the resend, before the location is done.
+    platform, writer, originals = three_replaced_under(late=1.2)
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 2
     assert writer.result.duplicates_removed == 3
 
 
 def test_a_create_applied_after_the_location_was_done_is_removed_at_the_end():
-    platform = FakePlatform()
-    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", late=1.9)
-    writer, _ = writer_for(platform, parameters(platform))
-    refine_all(platform, writer, originals)
-    writer.finish()
-    platform.finish_late_writes()
+    platform, _, originals = three_replaced_under(late=1.9)
     check_replaced_exactly_once(platform, originals)
 
 
@@ -424,12 +410,7 @@ def test_a_connection_applied_after_it_was_sent_again_leaves_no_duplicate():
 
 
 def test_a_create_refused_with_an_error_answer_is_checked_once_and_sent_again_without_waiting():
-    platform = FakePlatform()
-    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
-    platform.fail("create_annotations", unavailable=True)
-    writer, _ = writer_for(platform, parameters(platform))
-    refine_all(platform, writer, originals)
-    writer.finish()
+    platform, _, originals = three_replaced_under(unavailable=True)
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 2
     assert platform.clock.seconds < writeback.settle_seconds()  # a 503 came from something that waited
