@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from nimbus_server import NimbusServer
+from sam2_refine.nimbus import MARKER_KEY
 from tests.oracle import Disk, Rect, shapes_to_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,3 +151,45 @@ def cells() -> list:
     return [Disk(60, 60, 18), Disk(150, 70, 14), Rect(200, 140, 260, 200), Disk(90, 170, 22)]
 
 
+# --- whole-worker jobs on `cells()` ------------------------------------------------------
+
+TAG = "rough"  # the tag of `seed`'s originals
+
+
+def seed(server):
+    """A dataset of the test frames with `cells()` outlined roughly, tagged TAG at Z 1:
+    (dataset id, the originals' ids)."""
+    dataset_id = server.add_dataset(frames(z=2, time=1))
+    originals = [
+        server.add_annotation(dataset_id, shape.rough_outline(), tags=[TAG], location={"XY": 0, "Z": 1, "Time": 0})
+        for shape in cells()
+    ]
+    return dataset_id, originals
+
+
+def replacing(dataset_id, **values):
+    return compute_parameters(dataset_id, **{"Delete original annotations": True, **values})
+
+
+def refined_by_source(server, dataset_id) -> Counter:
+    return Counter(a[MARKER_KEY].split("/", 1)[1] for a in server.annotations(dataset_id) if MARKER_KEY in a)
+
+
+def check_nothing_lost(server, dataset_id, originals):
+    present = {a["_id"] for a in server.annotations(dataset_id)}
+    refined = refined_by_source(server, dataset_id)
+    for original in originals:
+        assert original in present or refined[original] == 1, f"original {original} lost"
+    assert all(count == 1 for count in refined.values()), f"duplicates: {refined}"
+    return refined
+
+
+@pytest.fixture
+def worker(server, oracle_checkpoint_dir, tmp_path):
+    def run(parameters, dataset_id, **kwargs):
+        env = {**oracle_env(tmp_path, cells()), **kwargs.pop("extra_env", {})}
+        result = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=env, **kwargs)
+        assert server.token not in result.stdout + result.stderr
+        return result
+
+    return run

@@ -8,16 +8,9 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, cells, compute_parameters, frames, oracle_env, run_worker
+from tests.conftest import REPO, cells, compute_parameters, oracle_env, run_worker, seed
 
 WRITES = ("POST", "PUT", "DELETE")
-
-
-def seeded(server) -> str:
-    dataset_id = server.add_dataset(frames(z=2, time=1))
-    for shape in cells():
-        server.add_annotation(dataset_id, shape.rough_outline(), tags=["rough"], location={"XY": 0, "Z": 1, "Time": 0})
-    return dataset_id
 
 
 def json_lines(stdout: str) -> list[dict]:
@@ -26,7 +19,7 @@ def json_lines(stdout: str) -> list[dict]:
 
 def test_a_setting_that_is_not_a_number_ends_with_the_error_line_not_a_traceback(server, oracle_checkpoint_dir,
                                                                                  tmp_path):
-    dataset_id = seeded(server)
+    dataset_id, _ = seed(server)
     run = run_worker(server, "compute", compute_parameters(dataset_id), oracle_checkpoint_dir, dataset_id,
                      extra_env={**oracle_env(tmp_path, cells()), "SAM2_REFINE_HTTP_TIMEOUT": "2m"})
     assert run.returncode == 1
@@ -45,7 +38,7 @@ def test_a_command_line_missing_an_argument_ends_with_the_error_line(server):
 
 
 def test_a_cancel_while_a_failure_is_reported_ends_as_a_cancel(server, oracle_checkpoint_dir):
-    dataset_id = seeded(server)
+    dataset_id, _ = seed(server)
     run = run_worker(server, "compute", compute_parameters(dataset_id), oracle_checkpoint_dir, dataset_id,
                      extra_env={"SAM2_REFINE_PREDICTOR": "tests.cancel_hooks:fail_and_cancel_while_reporting"})
     assert run.returncode == 143, run.stdout + run.stderr
@@ -55,7 +48,7 @@ def test_a_cancel_while_a_failure_is_reported_ends_as_a_cancel(server, oracle_ch
 
 
 def test_a_cancel_during_start_up_ends_as_a_cancel(server, oracle_checkpoint_dir):
-    dataset_id = seeded(server)
+    dataset_id, _ = seed(server)
     hooks = str(REPO / "tests" / "hooks")
     run = run_worker(server, "compute", compute_parameters(dataset_id), oracle_checkpoint_dir, dataset_id,
                      extra_env={"PYTHONPATH": os.pathsep.join([hooks, os.environ.get("PYTHONPATH", "")]),
@@ -67,7 +60,7 @@ def test_a_cancel_during_start_up_ends_as_a_cancel(server, oracle_checkpoint_dir
 
 
 def test_an_unknown_request_writes_nothing(server, oracle_checkpoint_dir):
-    dataset_id = seeded(server)
+    dataset_id, _ = seed(server)
     before = server.annotations(dataset_id)
     run = run_worker(server, "preview", compute_parameters(dataset_id), oracle_checkpoint_dir, dataset_id)
     assert run.returncode == 0 and not run.errors

@@ -13,55 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import pytest
 
 from sam2_refine.nimbus import MARKER_KEY
 from sam2_refine.writeback import MAX_SENDS
-from tests.conftest import REPO, cells, compute_parameters, frames, oracle_env, run_worker
+from tests.conftest import REPO, TAG, cells, check_nothing_lost, compute_parameters, oracle_env, refined_by_source, \
+    replacing, seed
 
 FAST_FAILURE = {"SAM2_REFINE_RETRY_SECONDS": "1", "SAM2_REFINE_HTTP_TIMEOUT": "2"}
-TAG = "rough"
-
-
-def seed(server):
-    dataset_id = server.add_dataset(frames(z=2, time=1))
-    originals = [
-        server.add_annotation(dataset_id, shape.rough_outline(), tags=[TAG], location={"XY": 0, "Z": 1, "Time": 0})
-        for shape in cells()
-    ]
-    return dataset_id, originals
-
-
-def replacing(dataset_id, **values):
-    return compute_parameters(dataset_id, **{"Delete original annotations": True, **values})
-
-
-def refined_by_source(server, dataset_id) -> Counter:
-    return Counter(a[MARKER_KEY].split("/", 1)[1] for a in server.annotations(dataset_id) if MARKER_KEY in a)
-
-
-def check_nothing_lost(server, dataset_id, originals):
-    present = {a["_id"] for a in server.annotations(dataset_id)}
-    refined = refined_by_source(server, dataset_id)
-    for original in originals:
-        assert original in present or refined[original] == 1, f"original {original} lost"
-    assert all(count == 1 for count in refined.values()), f"duplicates: {refined}"
-    return refined
-
-
-@pytest.fixture
-def worker(server, oracle_checkpoint_dir, tmp_path):
-    def run(parameters, dataset_id, **kwargs):
-        env = {**oracle_env(tmp_path, cells()), **kwargs.pop("extra_env", {})}
-        result = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=env, **kwargs)
-        assert server.token not in result.stdout + result.stderr
-        return result
-
-    return run
-
-
 def test_replacing_deletes_only_after_the_refined_polygons_are_saved(server, worker):
     dataset_id, originals = seed(server)
     run = worker(replacing(dataset_id), dataset_id)

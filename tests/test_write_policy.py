@@ -12,11 +12,8 @@ from shapely.geometry import Polygon
 
 from nimbus_server import NimbusServer
 from sam2_refine.nimbus import MARKER_KEY
-from tests.conftest import compute_parameters, frames, run_worker
+from tests.conftest import TAG, check_nothing_lost, compute_parameters, frames, replacing, run_worker, seed
 from tests.oracle import Disk
-from tests.test_safe_writeback import (  # noqa: F401 (the `worker` fixture)
-    TAG, check_nothing_lost, replacing, seed, worker,
-)
 
 HERE = {"XY": 0, "Z": 1, "Time": 0}
 ONE_SECOND = {"SAM2_REFINE_HTTP_TIMEOUT": "1", "SAM2_REFINE_RETRY_SECONDS": "6"}
