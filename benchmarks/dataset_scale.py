@@ -37,18 +37,6 @@ class ScaleRun:
     created: int
 
 
-def _seed(server, frames: int, workload) -> str:
-    import numpy as np
-
-    images = np.broadcast_to(workload.image, (frames, *workload.image.shape))
-    dataset_id = server.add_dataset(images[np.newaxis, np.newaxis, :, np.newaxis])
-    for time_point in range(frames):
-        location = {"XY": 0, "Z": 0, "Time": time_point}
-        for outline in workload.outlines:
-            server.add_annotation(dataset_id, outline, tags=["rough"], location=location)
-    return dataset_id
-
-
 def _run_once(run_process, parameters, checkpoint_dir: Path, server, dataset_id: str, frames: int,
               workload, scratch: Path) -> ScaleRun:
     from benchmarks.run import REPO  # noqa: PLC0415 (run.py imports this module lazily)
@@ -70,14 +58,15 @@ def _run_once(run_process, parameters, checkpoint_dir: Path, server, dataset_id:
 
 def dataset_scale_lines(run_process, parameters, checkpoint_dir: Path, repeat: int = 1) -> list[str]:
     """The benchmark row: the median run of each dataset size and their ratios."""
+    from benchmarks.run import add_dataset  # noqa: PLC0415 (run.py imports this module lazily)
     from nimbus_server import NimbusServer
 
     workload = make_workload(SIDE, CELLS)
     runs: dict[int, list[ScaleRun]] = {SMALL_FRAMES: [], LARGE_FRAMES: []}
     with tempfile.TemporaryDirectory(prefix="sam2-scale-") as scratch, \
             NimbusServer() as small, NimbusServer() as large:
-        datasets = {SMALL_FRAMES: (small, _seed(small, SMALL_FRAMES, workload)),
-                    LARGE_FRAMES: (large, _seed(large, LARGE_FRAMES, workload))}
+        datasets = {SMALL_FRAMES: (small, add_dataset(small, SMALL_FRAMES, workload)),
+                    LARGE_FRAMES: (large, add_dataset(large, LARGE_FRAMES, workload))}
         for _ in range(repeat):  # interleaved, so slow spells of other jobs hit both alike
             for frames, (server, dataset_id) in datasets.items():
                 run = _run_once(run_process, parameters, checkpoint_dir, server, dataset_id, frames, workload,

@@ -291,13 +291,13 @@ def available_gb() -> float:
     return 0.0
 
 
-def add_dataset(server, case: Case, workload: Workload) -> str:
-    """The case's dataset: `frames` time points of the workload's frame, each with its outlines."""
+def add_dataset(server, frame_count: int, workload: Workload) -> str:
+    """A dataset of `frame_count` time points of the workload's frame, each with its outlines."""
     import numpy as np
 
-    frames = np.broadcast_to(workload.image, (case.frames, *workload.image.shape))
+    frames = np.broadcast_to(workload.image, (frame_count, *workload.image.shape))
     dataset_id = server.add_dataset(frames[np.newaxis, np.newaxis, :, np.newaxis])
-    for time_point in range(case.frames):
+    for time_point in range(frame_count):
         for outline in workload.outlines:
             server.add_annotation(dataset_id, outline, tags=["rough"], location={"XY": 0, "Z": 0, "Time": time_point})
     return dataset_id
@@ -307,7 +307,7 @@ def run_case(server, case: Case, workload: Workload, implementation: str, scratc
     if implementation == EXISTING and mask_memory_gb(workload) > 0.7 * available_gb():
         return Result(case.name, implementation, case.count, -1, float("nan"), float("nan"), 0,
                       note=f"skipped: needs {mask_memory_gb(workload):.0f} GB of masks, {available_gb():.0f} GB free")
-    dataset_id = add_dataset(server, case, workload)
+    dataset_id = add_dataset(server, case.frames, workload)
     resolution = "Auto" if implementation in (AUTO, AUTO_FP32) else "Whole frame"
     script = "benchmarks/existing.py" if implementation == EXISTING else "entrypoint.py"
     command = [sys.executable, str(REPO / script), "--apiUrl", server.url, "--token", server.token,

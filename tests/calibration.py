@@ -38,8 +38,8 @@ from shapely.geometry import Polygon
 from sam2_refine.engine import Outcome, RefineSettings, refine_frame
 from sam2_refine.interface import RESOLUTION_AUTO
 from sam2_refine.review import (
-    DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, mean_gap, original_outline, outline_size, review_location,
-    unpadded, widest_margin, within_frame,
+    DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, mean_gap, original_outline, outline_size, outside_share,
+    review_location, unpadded, widest_margin, within_frame,
 )
 from sam2_refine.worker import prompt_coordinates
 from tests.erring_oracle import ErringOracle
@@ -322,8 +322,7 @@ def separations(judged: list[Judged], thresholds: Thresholds) -> list[str]:
         (DRAWN, thresholds.drawn_growth_px, thresholds.drawn_growth_share, thresholds.drawn_outside_share),
     ):
         def outside(j: Judged) -> float:
-            grown = j.original.buffer(px + share * outline_size(j.original))
-            return j.refined.difference(grown).area / j.refined.area / limit
+            return outside_share(j.refined, j.original, px + share * outline_size(j.original)) / limit
 
         spread(f"{outline_kind}: share outside / threshold",
                [outside(j) for j in _with_refinement(judged, (GOOD,), outline_kind)],

@@ -24,6 +24,8 @@ import numpy as np
 from shapely.geometry import LineString, Polygon
 from shapely.ops import unary_union
 
+from sam2_refine.review import equivalent_diameter
+
 GOOD, GRAB, INNER, WRONG, EMPTY, SECOND = "good", "grab", "inner", "wrong", "empty", "second prompt"
 ERRORS = (GRAB, INNER, WRONG, EMPTY)
 
@@ -233,7 +235,7 @@ def family_cell(rng: np.random.Generator, family: str, cx: float, cy: float, rad
 
 def cell_diameter(cell: Cell) -> float:
     """The cell's equivalent diameter (of a disc of its area), pixels."""
-    return 2.0 * math.sqrt(cell.outline().area / math.pi)
+    return equivalent_diameter(cell.outline())
 
 
 def _placed(cell: Cell, outline: Polygon, placed: list[tuple[Cell, Polygon]], width: int, height: int,
