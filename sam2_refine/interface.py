@@ -124,7 +124,9 @@ def build_interface(model_names: list[str]) -> dict:
         REFINE_TAGS: {
             "type": "tags",
             "displayOrder": 4,
-            "tooltip": "Polygons and rectangles carrying any of these tags are refined; with no tag, every one in range.",
+            "tooltip": (
+                "Polygons and rectangles carrying any of these tags are refined; with no tag, every one in range."
+            ),
         },
         MODEL: {
             "type": "select",

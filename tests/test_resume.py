@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -63,19 +64,29 @@ def decoded_originals(log_path, keys, originals) -> Counter:
     return Counter(originals[i] for i in nearest)
 
 
+def oracle_answering(tmp_path: Path, keys, answers) -> dict:
+    """The environment of a worker whose SAM2 is the erring oracle with these answers."""
+    path = tmp_path / "answers.json"
+    path.write_text(answers_to_json(keys, answers))
+    return {"SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment", "ERRING_ORACLE": str(path)}
+
+
+def start_worker(server, parameters: dict, dataset_id: str, checkpoint_dir: Path, extra_env: dict) -> subprocess.Popen:
+    """The worker as the platform starts it, its JSON lines readable as they come."""
+    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(checkpoint_dir), "PYTHONUNBUFFERED": "1", **extra_env}
+    command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
+               "--request", "compute", "--parameters", json.dumps(parameters), "--datasetId", dataset_id]
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
 def test_killed_half_way_then_run_again_refines_every_cell_exactly_once(server, oracle_checkpoint_dir, tmp_path):
     dataset_id, originals, keys, answers = seed_time_lapse(server)
-    (tmp_path / "answers.json").write_text(answers_to_json(keys, answers))
+    oracle = oracle_answering(tmp_path, keys, answers)
     parameters = compute_parameters(dataset_id, **{"Delete original annotations": True, "Batch Time": "all"})
     parameters["tile"] = {"XY": 0, "Z": 0, "Time": 0}
     first_log, second_log = tmp_path / "decodes-1.txt", tmp_path / "decodes-2.txt"
-    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(oracle_checkpoint_dir), "PYTHONUNBUFFERED": "1",
-           "SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment",
-           "ERRING_ORACLE": str(tmp_path / "answers.json"), "ERRING_ORACLE_DECODES": str(first_log)}
-    command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
-               "--request", "compute", "--parameters", json.dumps(parameters), "--datasetId", dataset_id]
-    process = subprocess.Popen(command, env={**env, "SAM2_REFINE_RETRY_SECONDS": "1"}, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = start_worker(server, parameters, dataset_id, oracle_checkpoint_dir,
+                           {**oracle, "ERRING_ORACLE_DECODES": str(first_log), "SAM2_REFINE_RETRY_SECONDS": "1"})
     # Half way, deletes start failing: the location whose write-back starts after the next
     # report is left half-written (refined polygons saved, originals kept); at the report
     # after that, the worker is killed.
@@ -108,8 +119,7 @@ def test_killed_half_way_then_run_again_refines_every_cell_exactly_once(server, 
     assert half_written
 
     run = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id,
-                     extra_env={**{k: env[k] for k in ("SAM2_REFINE_PREDICTOR", "ERRING_ORACLE")},
-                                "ERRING_ORACLE_DECODES": str(second_log)})
+                     extra_env={**oracle, "ERRING_ORACLE_DECODES": str(second_log)})
     assert run.returncode == 0, run.stdout + run.stderr
     refined = refined_counts(server, dataset_id)
     assert set(refined) == set(originals) and set(refined.values()) == {1}  # every cell refined exactly once
@@ -123,9 +133,7 @@ def test_killed_half_way_then_run_again_refines_every_cell_exactly_once(server, 
 
 def test_a_run_with_other_settings_is_not_taken_for_an_earlier_one(server, oracle_checkpoint_dir, tmp_path):
     dataset_id, originals, keys, answers = seed_time_lapse(server)
-    (tmp_path / "answers.json").write_text(answers_to_json(keys, answers))
-    env = {"SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment",
-           "ERRING_ORACLE": str(tmp_path / "answers.json")}
+    env = oracle_answering(tmp_path, keys, answers)
 
     def run(**values):
         parameters = compute_parameters(dataset_id, **{"Batch Time": "1-3", **values})
@@ -148,7 +156,7 @@ def test_with_the_job_date_tag_on_a_run_killed_half_way_then_run_again_refines_n
     the rerun still recognises what the first run saved (the originals are kept, so each
     one the first run refined would be refined again if it did not)."""
     dataset_id, originals, keys, answers = seed_time_lapse(server, 8)
-    (tmp_path / "answers.json").write_text(answers_to_json(keys, answers))
+    oracle = oracle_answering(tmp_path, keys, answers)
 
     def parameters(job_tag: str) -> dict:
         body = compute_parameters(dataset_id, **{"Batch Time": "all"})
@@ -156,14 +164,7 @@ def test_with_the_job_date_tag_on_a_run_killed_half_way_then_run_again_refines_n
         body["tags"] = ["refined", f"{IMAGE} job {job_tag} UTC-1"]
         return body
 
-    env = {**os.environ, "SAM2_CHECKPOINT_DIR": str(oracle_checkpoint_dir), "PYTHONUNBUFFERED": "1",
-           "SAM2_REFINE_PREDICTOR": "tests.erring_oracle:from_environment",
-           "ERRING_ORACLE": str(tmp_path / "answers.json")}
-    command = [sys.executable, str(REPO / "entrypoint.py"), "--apiUrl", server.url, "--token", server.token,
-               "--request", "compute", "--parameters", json.dumps(parameters("2025-3-7 9:5:2")),
-               "--datasetId", dataset_id]
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+    process = start_worker(server, parameters("2025-3-7 9:5:2"), dataset_id, oracle_checkpoint_dir, oracle)
     reports = 0
     for line in process.stdout:
         info = (json.loads(line).get("info") or "") if line.startswith("{") else ""
@@ -179,8 +180,7 @@ def test_with_the_job_date_tag_on_a_run_killed_half_way_then_run_again_refines_n
 
     log = tmp_path / "decodes.txt"
     run = run_worker(server, "compute", parameters("2025-3-7 9:17:40"), oracle_checkpoint_dir, dataset_id,
-                     extra_env={**{k: env[k] for k in ("SAM2_REFINE_PREDICTOR", "ERRING_ORACLE")},
-                                "ERRING_ORACLE_DECODES": str(log)})
+                     extra_env={**oracle, "ERRING_ORACLE_DECODES": str(log)})
     assert run.returncode == 0, run.stdout + run.stderr
     refined = refined_counts(server, dataset_id)
     assert set(refined) == set(originals) and set(refined.values()) == {1}  # no cell refined twice

@@ -137,7 +137,7 @@ def test_custom_checkpoint_without_config_is_a_clear_error(tmp_path):
 def test_truncated_checkpoint_names_the_file(tiny_checkpoint_dir, tmp_path):
     truncated = tmp_path / TINY
     truncated.write_bytes((tiny_checkpoint_dir / TINY).read_bytes()[:100_000])
-    with pytest.raises(WorkerError) as caught:
+    with pytest.raises(WorkerError, match="could not be loaded") as caught:
         Sam2Predictor(truncated, device="cpu")
     assert TINY in caught.value.message
 
