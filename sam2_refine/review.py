@@ -364,42 +364,50 @@ def _agreement(refined: Polygon, original: Polygon | None) -> float:
     return refined.intersection(original).area / union if union > 0 else 0.0
 
 
-def _touching_others(refined: list[Polygon | None], accepted_elsewhere: list[Polygon] = ()) -> set[int]:
-    """Indices of outlines whose bounds meet another outline's (of this run or accepted elsewhere)."""
+@dataclass(frozen=True)
+class _Outlines:
+    """A location's refined outlines that exist (`present`: their indices) followed by those
+    accepted elsewhere (`everything`), with one spatial index over them all."""
+
+    present: list[int]
+    everything: list[Polygon]
+    tree: STRtree
+
+
+def _indexed(refined: list[Polygon | None], accepted_elsewhere: list[Polygon]) -> _Outlines | None:
+    """The location's outlines indexed; None when fewer than two could meet."""
     present = [i for i, polygon in enumerate(refined) if polygon is not None]
     everything = [refined[i] for i in present] + list(accepted_elsewhere)
-    if len(everything) < 2:
-        return set()
-    pairs = STRtree(everything).query(everything)
+    return _Outlines(present, everything, STRtree(everything)) if len(everything) >= 2 else None
+
+
+def _touching_others(outlines: _Outlines) -> set[int]:
+    """Indices of outlines whose bounds meet another outline's (of this run or accepted elsewhere)."""
+    pairs = outlines.tree.query(outlines.everything)
     pairs = pairs[:, pairs[0] != pairs[1]]
-    return {present[int(p)] for p in np.unique(pairs) if p < len(present)}
+    return {outlines.present[int(p)] for p in np.unique(pairs) if p < len(outlines.present)}
 
 
 def overlap_doubts(
     refined: list[Polygon | None],
     ranking: list[tuple],
-    accepted_elsewhere: list[Polygon] = (),
+    outlines: _Outlines,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> set[int]:
     """Indices of refined outlines that overlap a better one.
 
     Objects are taken best first (`ranking`, smaller is better); one that overlaps an
     outline already kept is doubtful, so two prompts on one cell leave one accepted
-    outline. `accepted_elsewhere` holds outlines accepted earlier (another run) that
-    count as kept from the start.
+    outline. Outlines accepted earlier (another run) count as kept from the start.
     """
-    present = [i for i, polygon in enumerate(refined) if polygon is not None]
-    everything = [refined[i] for i in present] + list(accepted_elsewhere)
-    if len(everything) < 2:
-        return set()
-    tree = STRtree(everything)
+    present, everything = outlines.present, outlines.everything
     kept = set(range(len(present), len(everything)))
     position_of = {index: position for position, index in enumerate(present)}
     doubtful: set[int] = set()
     for index in sorted(present, key=lambda i: ranking[i]):
         polygon = refined[index]
         clash = False
-        for other in tree.query(polygon):
+        for other in outlines.tree.query(polygon):
             other = int(other)
             if other == position_of[index] or other not in kept:
                 continue
@@ -468,14 +476,16 @@ def with_overlap_doubts(
     to the image), `accepted_elsewhere` outlines an earlier run accepted at this location."""
     # How well each agrees with its original decides who keeps a shared cell; only outlines
     # whose bounds meet another's can clash, so only theirs is computed.
-    clashing = _touching_others(refined, accepted_elsewhere)
-    ranking = [
-        (bool(doubts[i]), -_agreement(polygon, originals[i]) if i in clashing else 0.0, i)
-        for i, polygon in enumerate(refined)
-    ]
-    for index in overlap_doubts(refined, ranking, accepted_elsewhere, thresholds):
-        if Reason.OVERLAPS_ANOTHER not in doubts[index]:
-            doubts[index].append(Reason.OVERLAPS_ANOTHER)
+    outlines = _indexed(refined, accepted_elsewhere)
+    if outlines is not None:
+        clashing = _touching_others(outlines)
+        ranking = [
+            (bool(doubts[i]), -_agreement(polygon, originals[i]) if i in clashing else 0.0, i)
+            for i, polygon in enumerate(refined)
+        ]
+        for index in overlap_doubts(refined, ranking, outlines, thresholds):
+            if Reason.OVERLAPS_ANOTHER not in doubts[index]:
+                doubts[index].append(Reason.OVERLAPS_ANOTHER)
     return [
         replace(outcome, doubts=tuple(found)) if outcome.polygon is not None else outcome
         for outcome, found in zip(outcomes, doubts)
