@@ -98,6 +98,10 @@ class FakePlatform:
 
         self._faults.setdefault(method, []).extend([lambda: None] * after_calls + [fault] * times)
 
+    def clear_faults(self, method: str) -> None:
+        """The calls of `method` from now on go right (until `fail` says otherwise)."""
+        self._faults.pop(method, None)
+
     def _apply_due(self) -> None:
         due = [(at, apply) for at, apply in self._late if at <= self.clock.seconds]
         self._late = [(at, apply) for at, apply in self._late if at > self.clock.seconds]

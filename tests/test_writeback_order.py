@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shapely.geometry import Polygon, box
+from shapely.geometry import Polygon
 
 from sam2_refine import interface as ui
 from sam2_refine import nimbus, writeback
@@ -20,81 +20,10 @@ from sam2_refine.writeback import (
     AUTOMATIC_LABEL, MAX_SENDS, Counterpart, Refined, Unfinished, WriteBack, read_job, run_key,
 )
 from tests.fake_platform import FakePlatform, HttpError
-
-HERE = Location(0, 0, 0)
-WRITES = ("create_annotations", "create_connections", "delete_connections", "delete_annotations")
-
-
-class Silent:
-    def __init__(self):
-        self.warnings = []
-
-    def warning(self, message, info=None):
-        self.warnings.append((message, info))
-
-    def log(self, text):
-        pass
-
-    def progress(self, *args, **kwargs):
-        pass
-
-
-@pytest.fixture(autouse=True)
-def fault_test_budget(monkeypatch):
-    """The budget of the fault test: 1 s timeout (so 1 s to settle), 6 s of retries."""
-    monkeypatch.setattr(nimbus, "HTTP_TIMEOUT", 1.0)
-    monkeypatch.setattr(nimbus, "RETRY_SECONDS", 6.0)
-
-
-def parameters(platform, *, replace=True, output_tags=("refined",), connect=None, connect_channel=None,
-               **changes) -> RefineParameters:
-    values = dict(
-        image="img", dataset_id=platform.dataset_id, refine_tags=("nucleus",), output_tags=tuple(output_tags),
-        output_channel=1, model_name="m.pt", checkpoint_path=None, resolution=ui.RESOLUTION_AUTO,
-        delete_originals=replace, padding=0.0, smoothing=0.7, tile=HERE, batch_text={},
-        connect_to=ConnectTo(tuple(connect), connect_channel) if connect else None,
-    )
-    values.update(changes)
-    return RefineParameters(**values)
-
-
-def square(x, y, side=10):
-    return [(x, y), (x + side, y), (x + side, y + side), (x, y + side)]
-
-
-def writer_for(platform, params, locations=(HERE,)) -> tuple[WriteBack, writeback.JobRecords]:
-    key = run_key(params)
-    job = read_job(platform, params, key, list(locations))
-    writer = WriteBack(platform, params, key, Silent(), clock=platform.clock)
-    writer.prepare(job)
-    return writer, job
-
-
-def inner(original_id, platform):
-    """An outline a little inside the original: an accepted refinement of it."""
-    x0, y0, x1, y1 = Polygon([(c["x"], c["y"]) for c in platform.annotations[original_id]["coordinates"]]).bounds
-    return box(x0 + 1, y0 + 1, x1 - 1, y1 - 1)
-
-
-def refine_all(platform, writer, originals, doubtful=(), location=HERE):
-    refined = [Refined(platform.annotations[o], inner(o, platform), o in doubtful) for o in originals]
-    writer.write_location(location, refined)
-
-
-def only_refined(platform, original):
-    (refined,) = platform.refined_of(original)
-    return refined
-
-
-def writes(platform) -> list[str]:
-    return [call for call in platform.calls if call in WRITES]
-
-
-def check_replaced_exactly_once(platform, originals):
-    for original in originals:
-        assert original not in platform.annotations
-        assert len(platform.refined_of(original)) == 1, original
-
+from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
+    HERE, WRITES, check_replaced_exactly_once, fault_test_budget, inner, only_refined, parameters, refine_all, square,
+    writer_for, writes,
+)
 
 # --- order, tags, connections ----------------------------------------------------------
 
