@@ -550,3 +550,13 @@ def test_a_refinement_accepted_anyway_replaces_its_original_later_only_if_that_r
     assert good not in platform.annotations
     assert (doubted not in platform.annotations) == replaced
     assert len(platform.refined_of(doubted)) == 1
+
+
+def test_the_run_key_and_the_marker_are_what_earlier_releases_wrote():
+    """Pinned: a change here would make every earlier run's refined polygons unrecognised."""
+    platform = FakePlatform()
+    assert run_key(parameters(platform)) == "d9cf7a25e0432f25"
+    assert run_key(parameters(platform, output_tags=("refined", "img job 2025-3-7 9:5:2 UTC-1"), padding=2.5,
+                              smoothing=1.25)) == "7fb84f03703e769b"
+    assert run_key(parameters(platform, output_tags=())) == "117cd57e67e68f55"
+    assert writeback.marker("d9cf7a25e0432f25", "a" * 24) == "d9cf7a25e0432f25/" + "a" * 24
