@@ -10,32 +10,35 @@ continues where the first stopped.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import interface as ui
+from .creates import Refined
 from .device import usable_cpu_count
 from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError
+from .markers import run_key
 from .messages import Reporter, plural, skipped_summary
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
+from .originals import prompt_coordinates
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import LocationWork, run_pipeline
-from .review import ADVICE, original_outline, unpadded
-from .writeback import Counterpart, Refined, Unfinished, WriteBack, is_output_of, read_job, run_key
+from .resume import Counterpart, read_job
+from .review import original_outline, unpadded
+from .summary import Tally, report_end, with_saved_work
+from .writeback import Unfinished, WriteBack
 
 # Shares of the progress bar.
 LOADING_SHARE = 0.05
 REFINING_SHARE = 0.95
 
-# The shapes that outline an object, so can be refined.
-OUTLINE_SHAPES = ("polygon", "rectangle")
 # Jobs with fewer objects than this settle their outlines in the worker's own process:
 # starting a process per CPU costs more than they would gain.
 PROCESS_POOL_MIN_OBJECTS = 200
@@ -47,41 +50,6 @@ def run_interface(platform: Platform, image: str, reporter: Reporter) -> None:
     models = ui.available_checkpoints()
     platform.post_interface(image, ui.build_interface(models))
     reporter.log(f"posted the interface of {image} with {plural(len(models), 'model')}")
-
-
-def has_any_tag(document: dict, tags: tuple[str, ...]) -> bool:
-    return not tags or any(tag in (document.get("tags") or []) for tag in tags)
-
-
-def select_originals(
-    documents: list[dict], tags: tuple[str, ...], locations: list[Location], key: str = ""
-) -> dict[Location, list[dict]]:
-    """The polygons and rectangles to refine, grouped by location in the order of
-    `locations`; never a refined polygon made with the settings of `key`."""
-    wanted = set(locations)
-    grouped: dict[Location, list[dict]] = defaultdict(list)
-    for document in documents:
-        if document.get("shape") not in OUTLINE_SHAPES or not has_any_tag(document, tags):
-            continue
-        if key and is_output_of(document, key):
-            continue
-        location = Location.from_dict(document.get("location"))
-        if location in wanted:
-            grouped[location].append(document)
-    return {location: grouped[location] for location in locations if grouped.get(location)}
-
-
-def prompt_coordinates(document: dict) -> list[dict]:
-    """The outline that prompts SAM2: a polygon's vertices, a rectangle's four corners
-    (the box of however many points it is stored with)."""
-    coordinates = document.get("coordinates") or []
-    if document.get("shape") != "rectangle":
-        return coordinates
-    outline = original_outline(document)
-    if outline is None:
-        return coordinates
-    x0, y0, x1, y1 = outline.bounds
-    return [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}]
 
 
 def model_fetch_size(width: int, height: int) -> int | None:
@@ -126,19 +94,6 @@ def _where(location: Location) -> str:
     return f"XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}"
 
 
-@dataclass
-class Tally:
-    """What happened to the originals, for the job's messages."""
-
-    to_refine: int = 0
-    finished: int = 0
-    earlier: int = 0  # already refined by an earlier run with the same settings
-    skipped: Counter = field(default_factory=Counter)  # Reason -> count
-    doubtful: Counter = field(default_factory=Counter)  # primary Reason -> count
-    recovered: Counter = field(default_factory=Counter)  # the primary mask's Reason -> count
-    cut_kept: int = 0  # doubtful, accepted anyway, but cut where SAM2's mask went on: kept for review
-
-
 def decide(
     originals: list[dict], outcomes: list[Outcome], policy: str, tally: Tally, reporter: Reporter | None = None
 ) -> list[Refined]:
@@ -164,61 +119,6 @@ def decide(
         tally.cut_kept += doubtful and policy == ui.DOUBTFUL_ACCEPT and outcome.cut
         refined.append(Refined(original, outcome.polygon, tagged, accepted_anyway=doubtful and not tagged))
     return refined
-
-
-def _report_skipped(reasons: Counter, reporter: Reporter) -> None:
-    for reason, count in reasons.most_common():
-        reporter.warning(f"{plural(count, 'object')} skipped: {reason}", info=ADVICE.get(reason))
-
-
-def _doubtful_summary(tally: Tally, policy: str) -> str:
-    """'3 doubtful (2 spills outside the original, 1 ...), tagged SAM2 review, originals kept'."""
-    count = sum(tally.doubtful.values())
-    reasons = ", ".join(f"{n} {reason}" for reason, n in tally.doubtful.most_common())
-    outcome = {
-        ui.DOUBTFUL_TAG: f"tagged '{ui.REVIEW_TAG}', originals kept",
-        ui.DOUBTFUL_ACCEPT: "accepted anyway",
-        ui.DOUBTFUL_SKIP: "not saved, originals kept",
-    }[policy]
-    if tally.cut_kept:
-        outcome += (f" but {tally.cut_kept} cut where SAM2's mask went on (tagged '{ui.REVIEW_TAG}', "
-                    "originals kept)")
-    return f"{count} doubtful ({reasons}), {outcome}"
-
-
-def _report_doubtful(tally: Tally, policy: str, reporter: Reporter) -> None:
-    if not tally.doubtful:
-        return
-    advice = {
-        ui.DOUBTFUL_TAG: (
-            f"They carry the tag '{ui.REVIEW_TAG}' besides the output tags, next to their originals. "
-            "Compare each pair and delete the outline you do not want."
-        ),
-        ui.DOUBTFUL_ACCEPT: "'Doubtful refinements' is set to accept them anyway; check them in the app.",
-        ui.DOUBTFUL_SKIP: "'Doubtful refinements' is set to skip them; their originals are untouched.",
-    }[policy]
-    reasons = "; ".join(f"{reason}: {ADVICE[reason]}" for reason in tally.doubtful if reason in ADVICE)
-    reporter.warning(f"{sum(tally.doubtful.values())} refinements are doubtful: {_doubtful_summary(tally, policy)}",
-                     info=f"{advice} {reasons}")
-
-
-def _summary(tally: Tally, writer: WriteBack, params: RefineParameters) -> str:
-    result = writer.result
-    summary = f"Refined {result.created} of {tally.to_refine}"
-    if tally.skipped:
-        summary += f"; {sum(tally.skipped.values())} skipped: {skipped_summary(tally.skipped)}"
-    if tally.doubtful:
-        summary += f"; {_doubtful_summary(tally, params.doubtful)}"
-    if tally.recovered:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in tally.recovered.most_common())
-        summary += f"; {sum(tally.recovered.values())} recovered with one of SAM2's alternative masks ({reasons})"
-    if tally.earlier:
-        summary += f"; {tally.earlier} already refined by an earlier run with the same settings"
-    if params.delete_originals:
-        summary += f"; replaced {result.deleted} originals"
-        if result.kept_originals:
-            summary += f", kept {result.kept_originals}"
-    return summary
 
 
 def _report_device(predictor: MaskPredictor, model_name: str, reporter: Reporter) -> None:
@@ -294,20 +194,11 @@ def run_compute(
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
         writer.finish()
     except WorkerError as error:
-        _report_skipped(tally.skipped, reporter)
-        _report_doubtful(tally, params.doubtful, reporter)
-        reporter.progress(1.0, _summary(tally, writer, params), force=True)
+        report_end(tally, writer.result, params, reporter)
         if not isinstance(error, Unfinished):
-            left = writer.left_undone()
-            if writer.result.created:
-                error.info = (f"{error.info} The {plural(writer.result.created, 'refined polygon')} saved before "
-                              "are kept; run the tool again with the same settings to continue.")
-            if left:
-                error.info = f"{error.info} Also left undone: {left}."
+            error.info = with_saved_work(error.info, writer.result, writer.left_undone())
         raise
-    _report_skipped(tally.skipped, reporter)
-    _report_doubtful(tally, params.doubtful, reporter)
-    reporter.progress(1.0, _summary(tally, writer, params), force=True)
+    report_end(tally, writer.result, params, reporter)
     if tally.to_refine and not writer.result.created and not writer.result.completed:
         reasons = Counter(tally.skipped) + Counter(tally.doubtful)
         raise WorkerError(

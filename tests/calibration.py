@@ -41,7 +41,7 @@ from sam2_refine.review import (
     DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, mean_gap, original_outline, outline_size, outside_share,
     review_location, unpadded, widest_margin, within_frame,
 )
-from sam2_refine.worker import prompt_coordinates
+from sam2_refine.originals import prompt_coordinates
 from tests.erring_oracle import ErringOracle
 from tests.synthetic_cells import (
     BOX, DRAWN, EMPTY, ERRORS, GOOD, GRAB, INNER, SECOND, WRONG, Scene, calibration_scene, cell_diameter,

@@ -1,4 +1,4 @@
-"""An in-memory platform for write-back unit tests: what `writeback.Platform` asks for,
+"""An in-memory platform for write-back unit tests: what `writes.Platform` asks for,
 with the server's rules that matter to write-back (create in request order, all or
 nothing; unknown ids skipped on delete; connections need both ends; ids in creation
 order) and scripted faults, on a clock that only moves when write-back waits.
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sam2_refine.nimbus import MARKER_KEY, OutcomeUnknown, PayloadTooLarge, record_of, ConnectionRecord
 from sam2_refine.parameters import Location
-from sam2_refine.writeback import Clock
+from sam2_refine.writes import Clock
 
 
 class HttpError(Exception):

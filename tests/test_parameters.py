@@ -9,7 +9,7 @@ from sam2_refine.errors import ParameterError
 from sam2_refine.parameters import (
     DatasetSizes, Location, parse_batch_text, parse_parameters, resolve_locations,
 )
-from sam2_refine.worker import select_originals
+from sam2_refine.originals import select_originals
 
 MODELS = ["sam2.1_hiera_small.pt", "sam2.1_hiera_tiny.pt"]
 SIZES = DatasetSizes(xy=4, z=3, time=5)

@@ -13,7 +13,7 @@ from sam2_refine.engine import Outcome, Reason
 from sam2_refine.review import (
     DEFAULT_THRESHOLDS as T, mean_gap, original_outline, outline_size, outside_share, review_location, shape_doubts,
 )
-from sam2_refine.worker import prompt_coordinates
+from sam2_refine.originals import prompt_coordinates
 
 CELL = Point(100, 100).buffer(10, quad_segs=32)  # a round cell 20 px across
 NEIGHBOUR = Point(121, 100).buffer(10, quad_segs=32)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from sam2_refine.nimbus import MARKER_KEY
-from sam2_refine.writeback import MAX_SENDS
+from sam2_refine.writes import MAX_SENDS
 from tests.conftest import REPO, TAG, cells, check_nothing_lost, compute_parameters, oracle_env, refined_by_source, \
     replacing, seed
 

@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
+from sam2_refine import creates, markers, nimbus, writes
 from sam2_refine import interface as ui
-from sam2_refine import nimbus, writeback
+from sam2_refine.connections import AUTOMATIC_LABEL
+from sam2_refine.creates import Refined
 from sam2_refine.errors import WorkerError
+from sam2_refine.markers import run_key
 from sam2_refine.nimbus import MARKER_KEY, SOURCE_KEY, outline_digest
-from sam2_refine.parameters import ConnectTo, Location, RefineParameters
-from sam2_refine.writeback import (
-    AUTOMATIC_LABEL, MAX_SENDS, Counterpart, Refined, Unfinished, WriteBack, read_job, run_key,
-)
+from sam2_refine.parameters import Location
+from sam2_refine.resume import Counterpart
+from sam2_refine.writeback import Unfinished
+from sam2_refine.writes import MAX_SENDS
 from tests.fake_platform import FakePlatform, HttpError
 from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
     HERE, WRITES, check_replaced_exactly_once, fault_test_budget, inner, only_refined, parameters, refine_all, square,
-    writer_for, writes,
+    write_calls, writer_for,
 )
 
 # --- order, tags, connections ----------------------------------------------------------
@@ -131,7 +134,7 @@ def test_originals_are_deleted_only_after_their_counterparts_are_created():
     writer, _ = writer_for(platform, parameters(platform))
     refine_all(platform, writer, originals)
     writer.finish()
-    assert writes(platform) == list(WRITES)
+    assert write_calls(platform) == list(WRITES)
 
 
 def test_lineage_across_frames_follows_both_ends_as_each_frame_is_replaced():
@@ -162,7 +165,7 @@ def test_failed_create_deletes_nothing_and_raises():
 
 
 def test_a_later_upload_chunk_that_fails_deletes_nothing_there_and_counts_what_was_saved(monkeypatch):
-    monkeypatch.setattr(writeback, "CREATE_CHUNK", 2)
+    monkeypatch.setattr(creates, "CREATE_CHUNK", 2)
     platform = FakePlatform()
     originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(4)]
     writer, _ = writer_for(platform, parameters(platform))
@@ -199,7 +202,7 @@ def test_a_delete_that_fails_once_is_completed_within_the_job():
     refine_all(platform, writer, originals)
     writer.finish()
     check_replaced_exactly_once(platform, originals)
-    assert writes(platform).count("delete_annotations") == 2
+    assert write_calls(platform).count("delete_annotations") == 2
 
 
 def test_a_connection_create_that_keeps_failing_keeps_the_originals_and_ends_unfinished():
@@ -216,7 +219,7 @@ def test_a_connection_create_that_keeps_failing_keeps_the_originals_and_ends_unf
     assert set(originals) <= set(platform.annotations)
     assert len([l for l in platform.links() if l[0] == parent]) == 3  # the original connections, untouched
     # Never a loop: each attempt sends at most MAX_SENDS times (the job's pass and finish's).
-    assert writes(platform).count("create_connections") == 2 * MAX_SENDS
+    assert write_calls(platform).count("create_connections") == 2 * MAX_SENDS
 
 
 def test_a_connection_create_that_fails_once_is_completed_within_the_job():
@@ -262,7 +265,7 @@ def test_a_413_halves_the_request_and_goes_on():
 
 
 def test_chunks_are_bounded_by_bytes_as_well_as_count(monkeypatch):
-    monkeypatch.setattr(writeback, "CHUNK_BYTES", 2_000)
+    monkeypatch.setattr(writes, "CHUNK_BYTES", 2_000)
     platform = FakePlatform()
     originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(12)]
     writer, _ = writer_for(platform, parameters(platform))
@@ -342,7 +345,7 @@ def test_a_create_refused_with_an_error_answer_is_checked_once_and_sent_again_wi
     platform, _, originals = three_replaced_under(unavailable=True)
     check_replaced_exactly_once(platform, originals)
     assert platform.calls.count("create_annotations") == 2
-    assert platform.clock.seconds < writeback.settle_seconds()  # a 503 came from something that waited
+    assert platform.clock.seconds < writes.settle_seconds()  # a 503 came from something that waited
 
 
 def test_every_write_never_confirmed_is_sent_at_most_max_sends_times_then_reported():
@@ -479,7 +482,7 @@ def test_run_key_ignores_the_per_run_job_date_tag():
     first = parameters(platform, output_tags=("refined", "img job 2025-3-7 9:5:2 UTC-1"))
     second = parameters(platform, output_tags=("refined", "img job 2025-11-17 14:45:30 UTC+5.5"))
     assert run_key(first) == run_key(second) == run_key(parameters(platform))
-    assert writeback.stable_output_tags(first) == ("refined",)
+    assert markers.stable_output_tags(first) == ("refined",)
 
 
 def test_with_a_job_date_tag_a_rerun_finds_what_the_first_saved():
@@ -496,10 +499,10 @@ def test_with_a_job_date_tag_a_rerun_finds_what_the_first_saved():
 def test_the_platform_and_the_fake_have_what_write_back_needs_with_the_same_parameters():
     import inspect
 
-    needed = [name for name in vars(writeback.Platform) if not name.startswith("_")]
+    needed = [name for name in vars(writes.Platform) if not name.startswith("_")]
     assert "create_annotations" in needed and "annotations_since" in needed
     for name in needed:
-        wanted = list(inspect.signature(getattr(writeback.Platform, name)).parameters)
+        wanted = list(inspect.signature(getattr(writes.Platform, name)).parameters)
         assert list(inspect.signature(getattr(nimbus.Platform, name)).parameters) == wanted, name
         assert list(inspect.signature(getattr(FakePlatform, name)).parameters) == wanted, name
 
@@ -559,4 +562,4 @@ def test_the_run_key_and_the_marker_are_what_earlier_releases_wrote():
     assert run_key(parameters(platform, output_tags=("refined", "img job 2025-3-7 9:5:2 UTC-1"), padding=2.5,
                               smoothing=1.25)) == "7fb84f03703e769b"
     assert run_key(parameters(platform, output_tags=())) == "117cd57e67e68f55"
-    assert writeback.marker("d9cf7a25e0432f25", "a" * 24) == "d9cf7a25e0432f25/" + "a" * 24
+    assert markers.marker("d9cf7a25e0432f25", "a" * 24) == "d9cf7a25e0432f25/" + "a" * 24

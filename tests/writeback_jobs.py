@@ -9,7 +9,10 @@ from shapely.geometry import Polygon, box
 from sam2_refine import interface as ui
 from sam2_refine import nimbus
 from sam2_refine.parameters import ConnectTo, Location, RefineParameters
-from sam2_refine.writeback import Refined, WriteBack, read_job, run_key
+from sam2_refine.creates import Refined
+from sam2_refine.markers import run_key
+from sam2_refine.resume import read_job
+from sam2_refine.writeback import WriteBack
 
 HERE = Location(0, 0, 0)
 WRITES = ("create_annotations", "create_connections", "delete_connections", "delete_annotations")
@@ -84,7 +87,7 @@ def only_refined(platform, original):
     return refined
 
 
-def writes(platform) -> list[str]:
+def write_calls(platform) -> list[str]:
     return [call for call in platform.calls if call in WRITES]
 
 

@@ -1,0 +1,114 @@
+"""One record of a job's writes: what is confirmed, what waits, and what is left undone.
+
+Every part of write-back (creates, connections, replace, the late-twin sweep) notes here
+what the platform confirmed and what it still owes; the end of the job retries what
+waits, and `left` counts what is still undone for the job's last message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from .parameters import Location
+from .resume import Counterpart
+
+
+@dataclass
+class WriteResult:
+    """The counts the job reports."""
+
+    created: int = 0
+    created_doubtful: int = 0
+    not_saved: int = 0
+    deleted: int = 0  # originals replaced by their refinement
+    kept_originals: int = 0  # originals whose replacement is left undone
+    completed: int = 0  # originals an earlier run refined, replaced now
+    connected: int = 0
+    connections_skipped: int = 0  # could not be moved: their other end no longer exists
+    duplicates_removed: int = 0  # refined polygons and connections a late write made twice
+    stale_removed: int = 0  # refinements of an outline the user has since changed
+    delete_failures: list[str] = field(default_factory=list)
+    connect_failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PendingCreate:
+    """A location whose refined polygons are not all confirmed yet: the rest of its
+    write-back (connect, replace) waits for them."""
+
+    location: Location
+    refined: list  # the location's `creates.Refined`
+    earlier: list[tuple[Mapping, Counterpart]]
+    documents: list[dict]  # not yet confirmed
+    cursor: str | None  # before their first send
+    created: dict[str, str]  # original id -> refined id, confirmed so far
+
+
+@dataclass
+class Resent:
+    """Creates re-sent after an unknown outcome: where their late twins may appear."""
+
+    cursor: str | None
+    kept: dict[str, str]  # original id -> the refined id this job confirmed
+    connections: dict[tuple, str] = field(default_factory=dict)  # ends -> the connection id kept
+
+
+@dataclass(frozen=True)
+class Left:
+    """What the job could not do, counted."""
+
+    unsaved: int = 0  # refined polygons not confirmed saved (their originals untouched)
+    kept_originals: int = 0  # originals still next to their refined version
+    connections: int = 0  # connections to nearest parents not made
+    leftovers: int = 0  # extra refined polygons (duplicates, stale ones) not removed
+
+    def __bool__(self) -> bool:
+        return bool(self.unsaved or self.kept_originals or self.connections or self.leftovers)
+
+
+class Ledger:
+    """The job-wide record write-back keeps (one per job)."""
+
+    def __init__(self) -> None:
+        self.result = WriteResult()
+        self.present: set[str] = set()  # annotations known to exist
+        self.gone: set[str] = set()  # annotations this job deleted
+        self.replacements: dict[str, str] = {}  # waiting: old id -> the id that takes its place
+        self.connections: list[dict] = []  # connections to nearest parents not made yet
+        self.deletes: set[str] = set()  # extra refined polygons still to remove
+        self.pending: list[PendingCreate] = []  # creates not confirmed yet
+        self.resent: list[Resent] = []  # where late twins may appear
+        self.visited: set[Location] = set()
+        self.skipped_links: set[tuple[str, str]] = set()  # moved connections whose other end is gone
+
+    def deleted(self, annotation_id: str) -> None:
+        self.present.discard(annotation_id)
+        self.gone.add(annotation_id)
+
+    def skip_link(self, parent_id: str, child_id: str) -> None:
+        self.skipped_links.add((parent_id, child_id))
+        self.result.connections_skipped = len(self.skipped_links)
+
+    def waiting(self, replaced: Mapping[str, str]) -> None:
+        self.replacements.update(replaced)
+
+    def replaced(self, old_ids) -> None:
+        for old in old_ids:
+            self.replacements.pop(old, None)
+
+    def kept_originals(self, refined_ids: set[str]) -> int:
+        """Originals still waiting to be replaced (not refinements of an earlier outline)."""
+        return sum(1 for old in self.replacements if old not in refined_ids)
+
+    def left(self, refined_ids: set[str]) -> Left:
+        """What is undone; `refined_ids`: the refined polygons earlier runs left."""
+        return Left(
+            unsaved=sum(len(p.documents) for p in self.pending),
+            kept_originals=self.kept_originals(refined_ids),
+            connections=len(self.connections),
+            leftovers=len(self.deletes) + sum(1 for old in self.replacements if old in refined_ids),
+        )
+
+    def reasons(self) -> list[str]:
+        """Why writes were refused or not confirmed, oldest first."""
+        return self.result.delete_failures + self.result.connect_failures

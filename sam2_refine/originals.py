@@ -1,0 +1,48 @@
+"""Which annotations a job refines, and the outline each one prompts SAM2 with."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from .markers import is_output_of
+from .parameters import Location
+from .review import original_outline
+
+# The shapes that outline an object, so can be refined.
+OUTLINE_SHAPES = ("polygon", "rectangle")
+
+
+def has_any_tag(document: Mapping, tags: tuple[str, ...]) -> bool:
+    return not tags or any(tag in (document.get("tags") or []) for tag in tags)
+
+
+def select_originals(
+    documents: list[dict], tags: tuple[str, ...], locations: list[Location], key: str = ""
+) -> dict[Location, list[dict]]:
+    """The polygons and rectangles to refine, grouped by location in the order of
+    `locations`; never a refined polygon made with the settings of `key`."""
+    wanted = set(locations)
+    grouped: dict[Location, list[dict]] = defaultdict(list)
+    for document in documents:
+        if document.get("shape") not in OUTLINE_SHAPES or not has_any_tag(document, tags):
+            continue
+        if key and is_output_of(document, key):
+            continue
+        location = Location.from_dict(document.get("location"))
+        if location in wanted:
+            grouped[location].append(document)
+    return {location: grouped[location] for location in locations if grouped.get(location)}
+
+
+def prompt_coordinates(document: Mapping) -> list[dict]:
+    """The outline that prompts SAM2: a polygon's vertices, a rectangle's four corners
+    (the box of however many points it is stored with)."""
+    coordinates = document.get("coordinates") or []
+    if document.get("shape") != "rectangle":
+        return coordinates
+    outline = original_outline(document)
+    if outline is None:
+        return coordinates
+    x0, y0, x1, y1 = outline.bounds
+    return [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}]
