@@ -13,6 +13,11 @@ from .parameters import Location
 from .resume import Counterpart
 
 
+# What a replacement removes: an original, a refinement of an outline the user has since
+# changed, a second refinement of the same original.
+ORIGINAL, STALE, DUPLICATE = "original", "stale", "duplicate"
+
+
 @dataclass
 class WriteResult:
     """The counts the job reports."""
@@ -73,7 +78,7 @@ class Ledger:
         self.result = WriteResult()
         self.present: set[str] = set()  # annotations known to exist
         self.gone: set[str] = set()  # annotations this job deleted
-        self.replacements: dict[str, str] = {}  # waiting: old id -> the id that takes its place
+        self.replacements: dict[str, tuple[str, str]] = {}  # waiting: old id -> (its successor, what it is)
         self.connections: list[dict] = []  # connections to nearest parents not made yet
         self.deletes: set[str] = set()  # extra refined polygons still to remove
         self.pending: list[PendingCreate] = []  # creates not confirmed yet
@@ -89,24 +94,30 @@ class Ledger:
         self.skipped_links.add((parent_id, child_id))
         self.result.connections_skipped = len(self.skipped_links)
 
-    def waiting(self, replaced: Mapping[str, str]) -> None:
-        self.replacements.update(replaced)
+    def waiting(self, replaced: Mapping[str, str], kind: str) -> None:
+        """`replaced` (old id -> successor), of `kind`, waits for the end of the job."""
+        for old, new in replaced.items():
+            self.replacements[old] = (new, kind)
 
     def replaced(self, old_ids) -> None:
         for old in old_ids:
             self.replacements.pop(old, None)
 
-    def kept_originals(self, refined_ids: set[str]) -> int:
-        """Originals still waiting to be replaced (not refinements of an earlier outline)."""
-        return sum(1 for old in self.replacements if old not in refined_ids)
+    def waiting_of(self, kind: str) -> dict[str, str]:
+        """The replacements of `kind` still waiting: old id -> successor."""
+        return {old: new for old, (new, of_kind) in self.replacements.items() if of_kind == kind}
 
-    def left(self, refined_ids: set[str]) -> Left:
-        """What is undone; `refined_ids`: the refined polygons earlier runs left."""
+    def kept_originals(self) -> int:
+        """Originals still waiting to be replaced."""
+        return sum(1 for _, kind in self.replacements.values() if kind == ORIGINAL)
+
+    def left(self) -> Left:
+        """What is undone."""
         return Left(
             unsaved=sum(len(p.documents) for p in self.pending),
-            kept_originals=self.kept_originals(refined_ids),
+            kept_originals=self.kept_originals(),
             connections=len(self.connections),
-            leftovers=len(self.deletes) + sum(1 for old in self.replacements if old in refined_ids),
+            leftovers=len(self.deletes) + sum(1 for _, kind in self.replacements.values() if kind != ORIGINAL),
         )
 
     def reasons(self) -> list[str]:

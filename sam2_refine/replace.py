@@ -91,9 +91,10 @@ class Replacer:
             return self.policy.unconfirmed("deleting them was not confirmed")
         return None
 
-    def replace(self, replaced: dict[str, str]) -> int:
-        """Replace the annotations of `replaced` (old id -> new id) by their successors;
-        returns how many were deleted. What could not be done waits for the end of the job."""
+    def replace(self, replaced: dict[str, str], kind: str) -> int:
+        """Replace the annotations of `replaced` (old id -> new id; each a `ledger` ORIGINAL,
+        STALE or DUPLICATE: `kind`) by their successors; returns how many were deleted.
+        What could not be done waits for the end of the job."""
         deleted = 0
         for chunk_ids in iter_chunks(list(replaced), DELETE_CHUNK):
             chunk = {old: replaced[old] for old in chunk_ids}
@@ -106,6 +107,6 @@ class Replacer:
                 self.ledger.replaced(chunk)
             else:
                 self.ledger.result.delete_failures.append(failure)
-                self.ledger.waiting(chunk)
+                self.ledger.waiting(chunk, kind)
         return deleted
 

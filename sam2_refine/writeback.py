@@ -25,7 +25,7 @@ from .connections import Connections, Linker, vertex_centroid
 from .creates import Creates, NotConfirmed, Refined
 from .errors import WorkerError
 from .late_twins import LateTwins
-from .ledger import Ledger, WriteResult
+from .ledger import DUPLICATE, ORIGINAL, STALE, Ledger, WriteResult
 from .messages import Reporter
 from .parameters import Location, RefineParameters
 from .replace import Replacer
@@ -126,14 +126,14 @@ class WriteBack:
         stale = {old: created[r.original["_id"]] for r in refined if r.original["_id"] in created
                  for old in self.earlier.stale.get(r.original["_id"], ())}
         if stale:
-            result.stale_removed += self.replacer.replace(stale)
+            result.stale_removed += self.replacer.replace(stale, STALE)
         duplicates = self.earlier.duplicates.get(location)
         if duplicates:
-            result.duplicates_removed += self.replacer.replace(dict(duplicates))
+            result.duplicates_removed += self.replacer.replace(dict(duplicates), DUPLICATE)
         if not self.params.delete_originals:
             return
-        result.deleted += self.replacer.replace(replaced)
-        completed = self.replacer.replace(completing)
+        result.deleted += self.replacer.replace(replaced, ORIGINAL)
+        completed = self.replacer.replace(completing, ORIGINAL)
         result.deleted += completed
         result.completed += completed
 
@@ -147,7 +147,7 @@ class WriteBack:
         self.policy.wait_for_late_writes()
         for location, duplicates in self.earlier.duplicates.items():
             if location not in ledger.visited:
-                result.duplicates_removed += self.replacer.replace(dict(duplicates))
+                result.duplicates_removed += self.replacer.replace(dict(duplicates), DUPLICATE)
         for pending in list(ledger.pending):
             ledger.pending.remove(pending)
             try:
@@ -159,14 +159,16 @@ class WriteBack:
         if ledger.connections:
             connections, ledger.connections = ledger.connections, []
             self.linker.make([c for c in connections if not self.connections.exists(c["parentId"], c["childId"])])
-        if ledger.replacements:
-            result.deleted += self.replacer.replace(dict(ledger.replacements))
+        # Each kind counted as what it is: "replaced N originals" counts originals only.
+        result.deleted += self.replacer.replace(ledger.waiting_of(ORIGINAL), ORIGINAL)
+        result.stale_removed += self.replacer.replace(ledger.waiting_of(STALE), STALE)
+        result.duplicates_removed += self.replacer.replace(ledger.waiting_of(DUPLICATE), DUPLICATE)
         if ledger.resent or ledger.deletes:
             self.policy.wait_for_late_writes()
             self.late_twins.sweep(ledger.resent)
-        result.kept_originals = ledger.kept_originals(self.earlier.refined_ids)
+        result.kept_originals = ledger.kept_originals()
         summary.report_skipped_connections(result.connections_skipped, self.reporter)
-        left = ledger.left(self.earlier.refined_ids)
+        left = ledger.left()
         if left:
             raise Unfinished(
                 f"The platform did not complete every change: {summary.left_undone(left)}",
@@ -176,4 +178,4 @@ class WriteBack:
 
     def left_undone(self) -> str:
         """What the job could not do, in words ('' when nothing)."""
-        return summary.left_undone(self.ledger.left(self.earlier.refined_ids))
+        return summary.left_undone(self.ledger.left())
