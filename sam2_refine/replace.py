@@ -76,8 +76,9 @@ class Replacer:
         """Move the connections of the annotations in `chunk` (old id -> the id that takes
         its place) to their successors, then delete them; None when done, else why not."""
         touching = self.index.touching(chunk)
-        moved = moved_connections(touching, chunk, self.index, self.params.dataset_id)
         for ask_again in (False, True):
+            # Asked again, only what the first try did not make: the index holds what it made.
+            moved = moved_connections(touching, chunk, self.index, self.params.dataset_id)
             try:
                 if self.linker.create(self._with_both_ends(moved, ask_again)):
                     return self.policy.unconfirmed("creating the moved connections was not confirmed")

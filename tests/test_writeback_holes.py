@@ -70,7 +70,6 @@ def test_a_duplicate_whose_keeper_is_deleted_while_the_job_runs_is_kept():
 # --- 2: moved connections made in chunks are never made twice -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 2: not closed yet")
 def test_a_later_chunk_of_moved_connections_refused_does_not_make_the_earlier_chunks_twice(monkeypatch):
     monkeypatch.setattr(connections, "CONNECTION_CHUNK", 2)
     platform = FakePlatform()
