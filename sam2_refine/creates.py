@@ -159,11 +159,12 @@ class Creates:
             return [d for d in documents if source_of(d) not in pending.created]
 
         attempted: set[str] = set() if not verify_first else {source_of(d) for d in pending.documents}
-        left: list[dict] = []
-        for chunk in chunks_by_size(pending.documents, CREATE_CHUNK, self.policy.chunk_bytes):
-            left += self.policy.complete(chunk, send, missing, verify_first=verify_first)
-        pending.documents = left
-        if resent:
-            ledger.resent.append(Resent(pending.cursor, dict(pending.created)))
-        if left:
+        try:
+            for chunk in chunks_by_size(pending.documents, CREATE_CHUNK, self.policy.chunk_bytes):
+                self.policy.complete(chunk, send, missing, verify_first=verify_first)
+        finally:  # also on a final refusal: what is confirmed is never counted as unsaved
+            pending.documents = [d for d in pending.documents if source_of(d) not in pending.created]
+            if resent:
+                ledger.resent.append(Resent(pending.cursor, dict(pending.created)))
+        if pending.documents:
             raise NotConfirmed(pending)

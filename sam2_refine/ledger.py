@@ -66,9 +66,10 @@ class Left:
     kept_originals: int = 0  # originals still next to their refined version
     connections: int = 0  # connections to nearest parents not made
     leftovers: int = 0  # extra refined polygons (duplicates, stale ones) not removed
+    unswept: bool = False  # what late writes may have made twice was not looked for
 
     def __bool__(self) -> bool:
-        return bool(self.unsaved or self.kept_originals or self.connections or self.leftovers)
+        return bool(self.unsaved or self.kept_originals or self.connections or self.leftovers or self.unswept)
 
 
 class Ledger:
@@ -85,6 +86,8 @@ class Ledger:
         self.resent: list[Resent] = []  # where late twins may appear
         self.visited: set[Location] = set()
         self.skipped_links: set[tuple[str, str]] = set()  # moved connections whose other end is gone
+        self.swept = False  # the end of the job looked for late twins
+        self.failures: list[str] = []  # final refusals at the end of the job
 
     def deleted(self, annotation_id: str) -> None:
         self.present.discard(annotation_id)
@@ -118,8 +121,9 @@ class Ledger:
             kept_originals=self.kept_originals(),
             connections=len(self.connections),
             leftovers=len(self.deletes) + sum(1 for _, kind in self.replacements.values() if kind != ORIGINAL),
+            unswept=bool(self.resent) and not self.swept,
         )
 
     def reasons(self) -> list[str]:
         """Why writes were refused or not confirmed, oldest first."""
-        return self.result.delete_failures + self.result.connect_failures
+        return self.result.delete_failures + self.result.connect_failures + self.failures

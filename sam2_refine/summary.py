@@ -125,6 +125,8 @@ def left_undone(left: Left) -> str:
     if left.leftovers:
         parts.append(f"{plural(left.leftovers, 'extra refined polygon')} (duplicates or refinements of an "
                      "earlier outline) could not be removed")
+    if left.unswept:
+        parts.append("refined polygons a late write may have made twice were not looked for")
     return "; ".join(parts)
 
 

@@ -30,7 +30,7 @@ from .messages import Reporter
 from .parameters import Location, RefineParameters
 from .replace import Replacer
 from .resume import Counterpart, EarlierWork, JobRecords
-from .writes import Clock, Platform, WritePolicy
+from .writes import Clock, Platform, WritePolicy, server_message
 
 
 class Unfinished(WorkerError):
@@ -101,7 +101,10 @@ class WriteBack:
             return
         self._after_create(location, refined, earlier, created)
         if len(self.ledger.resent) > resent_before:
-            self.late_twins.sweep(self.ledger.resent[resent_before:])
+            try:
+                self.late_twins.sweep(self.ledger.resent[resent_before:])
+            except Exception as error:  # refused or unreadable now: the end of the job sweeps again
+                self.ledger.result.delete_failures.append(server_message(error))
 
     def _after_create(self, location: Location, refined: list[Refined], earlier: list[tuple[Mapping, Counterpart]],
                       created: dict[str, str]) -> None:
@@ -142,39 +145,58 @@ class WriteBack:
     def finish(self) -> None:
         """After the last location: complete what the server did not confirm in time, remove
         what late writes made twice, and warn of connections that could not be moved.
-        Raises `Unfinished` naming what is still left."""
+        Raises `Unfinished` naming what is still left, also when the platform refuses a
+        write here for good (or stops accepting the job's token)."""
         ledger, result = self.ledger, self.ledger.result
         self.policy.wait_for_late_writes()
-        for location, duplicates in self.earlier.duplicates.items():
-            if location not in ledger.visited:
-                result.duplicates_removed += self.replacer.replace(dict(duplicates), DUPLICATE)
-        for pending in list(ledger.pending):
-            ledger.pending.remove(pending)
+        for step in (self._unvisited_duplicates, self._waiting_creates, self._waiting_connections,
+                     self._waiting_replacements, self._last_sweep):
             try:
-                self.creates.confirm(pending, verify_first=True)
-            except NotConfirmed:
-                ledger.pending.append(pending)
-                continue
-            self._after_create(pending.location, pending.refined, pending.earlier, pending.created)
-        if ledger.connections:
-            connections, ledger.connections = ledger.connections, []
-            self.linker.make([c for c in connections if not self.connections.exists(c["parentId"], c["childId"])])
-        # Each kind counted as what it is: "replaced N originals" counts originals only.
-        result.deleted += self.replacer.replace(ledger.waiting_of(ORIGINAL), ORIGINAL)
-        result.stale_removed += self.replacer.replace(ledger.waiting_of(STALE), STALE)
-        result.duplicates_removed += self.replacer.replace(ledger.waiting_of(DUPLICATE), DUPLICATE)
-        if ledger.resent or ledger.deletes:
-            self.policy.wait_for_late_writes()
-            self.late_twins.sweep(ledger.resent)
+                step()
+            except Exception as error:  # a final refusal, or the access the job needs: the rest still counts
+                ledger.failures.append(server_message(error))
         result.kept_originals = ledger.kept_originals()
         summary.report_skipped_connections(result.connections_skipped, self.reporter)
         left = ledger.left()
-        if left:
+        if left:  # a step that failed left what it did not do counted
             raise Unfinished(
                 f"The platform did not complete every change: {summary.left_undone(left)}",
                 info=summary.unfinished_info(left, ledger.reasons(), self.params),
                 title="Not finished",
             )
+
+    def _unvisited_duplicates(self) -> None:
+        for location, duplicates in self.earlier.duplicates.items():
+            if location not in self.ledger.visited:
+                self.ledger.result.duplicates_removed += self.replacer.replace(dict(duplicates), DUPLICATE)
+
+    def _waiting_creates(self) -> None:
+        """Confirm the creates left unconfirmed; each stays on the list until it is."""
+        for pending in list(self.ledger.pending):
+            try:
+                self.creates.confirm(pending, verify_first=True)
+            except NotConfirmed:
+                continue
+            self.ledger.pending.remove(pending)
+            self._after_create(pending.location, pending.refined, pending.earlier, pending.created)
+
+    def _waiting_connections(self) -> None:
+        if self.ledger.connections:
+            connections, self.ledger.connections = self.ledger.connections, []
+            self.linker.make([c for c in connections if not self.connections.exists(c["parentId"], c["childId"])])
+
+    def _waiting_replacements(self) -> None:
+        # Each kind counted as what it is: "replaced N originals" counts originals only.
+        ledger, result = self.ledger, self.ledger.result
+        result.deleted += self.replacer.replace(ledger.waiting_of(ORIGINAL), ORIGINAL)
+        result.stale_removed += self.replacer.replace(ledger.waiting_of(STALE), STALE)
+        result.duplicates_removed += self.replacer.replace(ledger.waiting_of(DUPLICATE), DUPLICATE)
+
+    def _last_sweep(self) -> None:
+        if self.ledger.resent or self.ledger.deletes:
+            self.policy.wait_for_late_writes()
+            self.late_twins.sweep(self.ledger.resent)
+            self.ledger.swept = True
 
     def left_undone(self) -> str:
         """What the job could not do, in words ('' when nothing)."""

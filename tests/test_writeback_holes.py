@@ -91,7 +91,6 @@ def test_a_later_chunk_of_moved_connections_refused_does_not_make_the_earlier_ch
 # --- 3: the end-of-job retry keeps what is unsaved on the list -----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 3: not closed yet")
 @pytest.mark.parametrize("refusal", [HttpError(400, "data.tags must be array"), TOKEN_EXPIRED])
 def test_a_refusal_in_the_end_of_job_retry_is_the_jobs_error_and_still_counts_the_unsaved(refusal):
     platform = FakePlatform()
@@ -114,7 +113,6 @@ def writeback_message(refusal) -> str:
     return refusal.message if isinstance(refusal, WorkerError) else "HTTP 400: data.tags must be array"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 3: not closed yet")
 def test_a_token_that_expires_before_the_last_replacements_is_reported_with_what_is_left():
     platform = FakePlatform()
     originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
