@@ -32,6 +32,7 @@ class WriteResult:
     connections_skipped: int = 0  # could not be moved: their other end no longer exists
     duplicates_removed: int = 0  # refined polygons and connections a late write made twice
     stale_removed: int = 0  # refinements of an outline the user has since changed
+    counterparts_gone: int = 0  # originals kept: their refinement was deleted while the job ran
     delete_failures: list[str] = field(default_factory=list)
     connect_failures: list[str] = field(default_factory=list)
 
@@ -105,6 +106,12 @@ class Ledger:
     def replaced(self, old_ids) -> None:
         for old in old_ids:
             self.replacements.pop(old, None)
+
+    def successor_gone(self, old_id: str, kind: str) -> None:
+        """`old_id` stays: what was to take its place no longer exists (never neither version)."""
+        self.replacements.pop(old_id, None)
+        if kind == ORIGINAL:
+            self.result.counterparts_gone += 1
 
     def waiting_of(self, kind: str) -> dict[str, str]:
         """The replacements of `kind` still waiting: old id -> successor."""

@@ -1,7 +1,10 @@
 """Replacing annotations by their successors: an original by its refinement, a stale or
 duplicate refinement by the one kept.
 
-For each chunk: the connections that touch the annotations are copied onto their
+An annotation is deleted only when its successor is confirmed to exist at that moment:
+each chunk first asks the platform about the successors this job did not itself just
+create (a user may delete a refinement in the app while the job works elsewhere); one
+that is gone keeps its annotation. Then, for each chunk: the connections that touch the annotations are copied onto their
 successors (only those whose both ends exist; a connection whose other end is gone, an
 orphan the platform's bulk delete left, cannot be moved and is counted), then deleted,
 then the annotations themselves. What the write policy could not finish waits in the
@@ -72,6 +75,20 @@ class Replacer:
             self.index.remove(deleted)
         return left
 
+    def _successors_exist(self, chunk: dict[str, str], kind: str, fresh: frozenset[str] | set[str]) -> dict[str, str]:
+        """The part of `chunk` whose successors exist now (one request for those not
+        `fresh`); the rest stays, noted in the ledger."""
+        asked = sorted({new for new in chunk.values() if new not in fresh})
+        if not asked:
+            return chunk
+        found = self.platform.existing_annotations(asked)
+        self.ledger.present.update(found)
+        self.ledger.present.difference_update(set(asked) - found)
+        kept = {old: new for old, new in chunk.items() if new in fresh or new in found}
+        for old in chunk.keys() - kept.keys():
+            self.ledger.successor_gone(old, kind)
+        return kept
+
     def _replace_chunk(self, chunk: dict[str, str]) -> str | None:
         """Move the connections of the annotations in `chunk` (old id -> the id that takes
         its place) to their successors, then delete them; None when done, else why not."""
@@ -92,15 +109,17 @@ class Replacer:
             return self.policy.unconfirmed("deleting them was not confirmed")
         return None
 
-    def replace(self, replaced: dict[str, str], kind: str) -> int:
+    def replace(self, replaced: dict[str, str], kind: str, fresh: frozenset[str] | set[str] = frozenset()) -> int:
         """Replace the annotations of `replaced` (old id -> new id; each a `ledger` ORIGINAL,
         STALE or DUPLICATE: `kind`) by their successors; returns how many were deleted.
-        What could not be done waits for the end of the job."""
+        `fresh`: successors this job has just created (not asked about again). What could
+        not be done waits for the end of the job."""
         deleted = 0
         for chunk_ids in iter_chunks(list(replaced), DELETE_CHUNK):
             chunk = {old: replaced[old] for old in chunk_ids}
             try:
-                failure = self._replace_chunk(chunk)
+                chunk = self._successors_exist(chunk, kind, fresh)
+                failure = self._replace_chunk(chunk) if chunk else None
             except Exception as error:  # a final refusal (or the access it needs)
                 failure = server_message(error)
             if failure is None:

@@ -142,6 +142,16 @@ def unfinished_info(left: Left, reasons: list[str], params: RefineParameters) ->
     )
 
 
+def report_counterparts_gone(count: int, reporter: Reporter) -> None:
+    if count:
+        reporter.warning(
+            f"{plural(count, 'original')} {'was' if count == 1 else 'were'} kept: "
+            f"{'its refined polygon was' if count == 1 else 'their refined polygons were'} deleted while the job ran",
+            info="An original is deleted only while its refined version exists. Run the tool again with the same "
+                 "settings to refine them again, or delete them yourself.",
+        )
+
+
 def report_skipped_connections(count: int, reporter: Reporter) -> None:
     if count:
         reporter.warning(

@@ -128,14 +128,15 @@ class WriteBack:
         # the refinement of the current outline, and the one kept.
         stale = {old: created[r.original["_id"]] for r in refined if r.original["_id"] in created
                  for old in self.earlier.stale.get(r.original["_id"], ())}
+        fresh = set(created.values())  # confirmed moments ago: not asked about again
         if stale:
-            result.stale_removed += self.replacer.replace(stale, STALE)
+            result.stale_removed += self.replacer.replace(stale, STALE, fresh)
         duplicates = self.earlier.duplicates.get(location)
         if duplicates:
             result.duplicates_removed += self.replacer.replace(dict(duplicates), DUPLICATE)
         if not self.params.delete_originals:
             return
-        result.deleted += self.replacer.replace(replaced, ORIGINAL)
+        result.deleted += self.replacer.replace(replaced, ORIGINAL, fresh)
         completed = self.replacer.replace(completing, ORIGINAL)
         result.deleted += completed
         result.completed += completed
@@ -157,6 +158,7 @@ class WriteBack:
                 ledger.failures.append(server_message(error))
         result.kept_originals = ledger.kept_originals()
         summary.report_skipped_connections(result.connections_skipped, self.reporter)
+        summary.report_counterparts_gone(result.counterparts_gone, self.reporter)
         left = ledger.left()
         if left:  # a step that failed left what it did not do counted
             raise Unfinished(
@@ -181,9 +183,14 @@ class WriteBack:
             self._after_create(pending.location, pending.refined, pending.earlier, pending.created)
 
     def _waiting_connections(self) -> None:
+        """Make the connections to nearest parents still waiting, of those whose both ends
+        still exist (a refinement deleted meanwhile has nothing to connect)."""
         if self.ledger.connections:
-            connections, self.ledger.connections = self.ledger.connections, []
-            self.linker.make([c for c in connections if not self.connections.exists(c["parentId"], c["childId"])])
+            waiting = [c for c in self.ledger.connections if not self.connections.exists(c["parentId"], c["childId"])]
+            present = self.platform.existing_annotations(sorted({e for c in waiting for e in (c["parentId"],
+                                                                                                 c["childId"])}))
+            self.ledger.connections = []
+            self.linker.make([c for c in waiting if c["parentId"] in present and c["childId"] in present])
 
     def _waiting_replacements(self) -> None:
         # Each kind counted as what it is: "replaced N originals" counts originals only.

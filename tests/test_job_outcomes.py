@@ -30,7 +30,6 @@ def present(server, dataset_id) -> set[str]:
     return {a["_id"] for a in server.annotations(dataset_id)}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 1: not closed yet")
 def test_a_refinement_deleted_while_a_replacing_rerun_works_leaves_its_original_and_the_job_says_so(
         server, oracle_checkpoint_dir, tmp_path):
     dataset_id, first, second = two_time_points(server)

@@ -34,7 +34,6 @@ def refined_by_an_earlier_run(platform, count=3):
 # --- 1: an original is deleted only when its counterpart exists at that moment -----------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 1: not closed yet")
 def test_an_original_whose_refinement_is_deleted_while_the_job_runs_is_kept_and_the_job_says_so():
     platform = FakePlatform()
     originals = refined_by_an_earlier_run(platform)
@@ -51,7 +50,6 @@ def test_an_original_whose_refinement_is_deleted_while_the_job_runs_is_kept_and_
     assert "Run the tool again" in info
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 1: not closed yet")
 def test_a_duplicate_whose_keeper_is_deleted_while_the_job_runs_is_kept():
     platform = FakePlatform()
     original = platform.add(square(10, 10), tags=["nucleus"])
