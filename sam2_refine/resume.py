@@ -5,6 +5,12 @@ made from the original's current outline (`SOURCE_KEY`); one made from an outlin
 user has since changed is *stale*, a second one of the same original a *duplicate* (a
 late write). `read_job` reads the job's originals and sorts what earlier runs left;
 write-back completes, replaces or removes it.
+
+Only the marker makes a polygon this job's: a polygon without one carries no evidence of
+which tool made it (another tool's output may carry the same tags and lie inside an
+original), so it is never taken for a refinement. Nothing needs more: the app edits an
+annotation only with `PUT upenn_annotation/multiple`, which keeps the marker keys
+(PLATFORM.md §10), so a refinement edited in the app is still recognised by its marker.
 """
 
 from __future__ import annotations
@@ -27,27 +33,24 @@ from .writes import Platform
 @dataclass(frozen=True, eq=False)
 class Counterpart:
     """A refined polygon an earlier run with the same settings made of the original's
-    current outline (compact: only what completing its location and review need).
-    `recognised`: one whose marker was lost (edited in the app), recognised by its shape;
-    it keeps its original from being refined again, and never replaces it."""
+    current outline (compact: only what completing its location and review need)."""
 
     refined_id: str
     doubtful: bool
     point: tuple[float, float, float | None] | None  # where connect-to-nearest measures from
     outline: np.ndarray | None = None  # (n, 2) float32 x, y
-    recognised: bool = False
 
     @classmethod
-    def of(cls, document: Mapping, policy: str, recognised: bool = False) -> "Counterpart":
+    def of(cls, document: Mapping, policy: str) -> "Counterpart":
         """`policy`: this run's doubtful-refinement choice; a refinement an earlier run
         accepted anyway replaces its original only when this run accepts doubtful ones too."""
         record = record_of(document)
         doubtful = ui.REVIEW_TAG in record.tags or (record.doubted and policy != ui.DOUBTFUL_ACCEPT)
-        return cls(record.id, doubtful, record.reference_point(), record.points.astype(np.float32), recognised)
+        return cls(record.id, doubtful, record.reference_point(), record.points.astype(np.float32))
 
     @property
     def replaces_original(self) -> bool:
-        return not self.doubtful and not self.recognised
+        return not self.doubtful
 
 
 @dataclass
@@ -63,7 +66,8 @@ class EarlierWork:
     def accepted_outlines(self, location: Location) -> list[np.ndarray]:
         """The (n, 2) float32 outlines earlier runs accepted at `location`: the refinements
         that stand for their originals (including those whose original was replaced, and
-        those edited in the app), never stale ones, duplicates or doubtful ones."""
+        those edited in the app, which keep their marker), never stale ones, duplicates or
+        doubtful ones."""
         return self.accepted.get(location, [])
 
     def accepted_polygons(self, location: Location) -> list[Polygon]:
@@ -78,58 +82,19 @@ class JobRecords:
     earlier: EarlierWork
 
 
-def _recognise_edited(originals: list[AnnotationRecord], candidates: list[AnnotationRecord]
-                      ) -> dict[str, AnnotationRecord]:
-    """original id -> an unmarked polygon with the output tags that looks like its
-    accepted refinement (mostly inside it, not much smaller): a refined polygon whose
-    marker was lost when it was edited in the app. Each is matched at most once, best
-    overlap first."""
-    from .review import original_outline, shape_doubts
-
-    if not originals or not candidates:
-        return {}
-    shapes = [Polygon(c.points) if len(c.points) >= 3 else None for c in candidates]
-    boxes = np.array([c.points.min(axis=0).tolist() + c.points.max(axis=0).tolist() if len(c.points) else [0] * 4
-                      for c in candidates], dtype=np.float64)
-    pairs = []
-    for original in originals:
-        outline = original_outline(original)
-        if outline is None:
-            continue
-        x0, y0, x1, y1 = outline.bounds
-        near = np.nonzero((boxes[:, 0] <= x1) & (boxes[:, 2] >= x0) & (boxes[:, 1] <= y1) & (boxes[:, 3] >= y0))[0]
-        for index in near:
-            shape = shapes[index]
-            if shape is None or not shape.is_valid or shape.area <= 0 or shape_doubts(shape, outline):
-                continue
-            union = shape.union(outline).area
-            pairs.append((shape.intersection(outline).area / union if union else 0.0, original.id, int(index)))
-    matched: dict[str, AnnotationRecord] = {}
-    used: set[int] = set()
-    for _, original_id, index in sorted(pairs, reverse=True):
-        if original_id not in matched and index not in used:
-            matched[original_id] = candidates[index]
-            used.add(index)
-    return matched
-
-
 def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Location, list[AnnotationRecord]],
-                 key: str, policy: str, recognise: bool = True) -> EarlierWork:
-    """Sort the polygons carrying the output tags at the job's locations: refinements of
-    this run key that stand for their original's current outline, stale ones (made
-    from an outline the user has since changed), duplicates (a late write), and, with
-    `recognise`, unmarked ones that look like an edited refinement of an original.
-    `policy`: this run's doubtful-refinement choice (see `Counterpart.of`)."""
+                 key: str, policy: str) -> EarlierWork:
+    """Sort the refined polygons of run `key` at the job's locations: those that stand for
+    their original's current outline, stale ones (made from an outline the user has since
+    changed) and duplicates (a late write); polygons of other runs or without a marker are
+    left alone. `policy`: this run's doubtful-refinement choice (see `Counterpart.of`)."""
     originals = {o.id: o for found in by_location.values() for o in found}
     work = EarlierWork()
     by_source: dict[str, list[AnnotationRecord]] = defaultdict(list)
-    candidates: dict[Location, list[AnnotationRecord]] = defaultdict(list)
     for record in outputs:
         if (source := marked_source(record.marker, key)) is not None:
             by_source[source].append(record)
             work.refined_ids.add(record.id)
-        elif record.marker is None and record.id not in originals:
-            candidates[record.location].append(record)
     for original_id, records in by_source.items():
         original = originals.get(original_id)
         current = [r for r in records if original is None or r.source in (None, original.outline_digest)]
@@ -146,14 +111,6 @@ def earlier_work(outputs: Iterable[AnnotationRecord], by_location: Mapping[Locat
             work.counterparts[original_id] = counterpart
         if not counterpart.doubtful:
             work.accepted.setdefault(keeper.location, []).append(counterpart.outline)
-    if recognise:
-        for location, found in by_location.items():
-            waiting = [o for o in found if o.id not in work.counterparts and o.id not in work.stale]
-            for original_id, record in _recognise_edited(waiting, candidates.get(location, [])).items():
-                counterpart = Counterpart.of(record, policy, recognised=True)
-                work.counterparts[original_id] = counterpart
-                if not counterpart.doubtful:
-                    work.accepted.setdefault(location, []).append(counterpart.outline)
     return work
 
 
@@ -161,8 +118,5 @@ def read_job(platform: Platform, params: RefineParameters, key: str, locations: 
     """The job's originals at `locations` (compact records, grouped by location in the
     order of `locations`) and what earlier runs with the same settings left there."""
     originals = select_originals(platform.polygons(params.refine_tags, locations), params.refine_tags, locations, key)
-    stable = stable_output_tags(params)
-    outputs = platform.output_polygons(stable, locations)
-    # With no output tags of their own, refined polygons carry their originals' tags: an
-    # edited one is then an original itself, and nothing else can be taken for one.
-    return JobRecords(originals, earlier_work(outputs, originals, key, params.doubtful, recognise=bool(stable)))
+    outputs = platform.output_polygons(stable_output_tags(params), locations)
+    return JobRecords(originals, earlier_work(outputs, originals, key, params.doubtful))

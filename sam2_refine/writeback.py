@@ -114,7 +114,7 @@ class WriteBack:
             created[r.original["_id"]]: vertex_centroid(r.polygon)
             for r in refined if r.original["_id"] in created
         }
-        children.update({c.refined_id: c.point for _, c in earlier if not c.recognised})
+        children.update({c.refined_id: c.point for _, c in earlier})
         originals = {r.original["_id"] for r in refined} | {original["_id"] for original, _ in earlier}
         replaced: dict[str, str] = {}
         completing: dict[str, str] = {}

@@ -10,7 +10,6 @@ import pytest
 import requests
 from shapely.geometry import Polygon
 
-from nimbus_server import NimbusServer
 from sam2_refine.nimbus import MARKER_KEY
 from tests.conftest import TAG, check_nothing_lost, compute_parameters, frames, replacing, run_worker, seed
 from tests.oracle import Disk
@@ -150,23 +149,22 @@ def test_an_original_edited_between_runs_is_refined_again_from_its_new_outline(s
     assert "Refined 1 of 1" in run.progress[-1]["info"]
 
 
-def test_a_refined_polygon_edited_in_the_app_is_not_taken_for_a_missing_one(oracle_checkpoint_dir, tmp_path):
-    from tests.conftest import cells, oracle_env
-
-    with NimbusServer(token="t-7c1e", put_keeps_only_schema_fields=True) as server:
-        dataset_id, originals = seed(server)
-        env = oracle_env(tmp_path, cells())
-        parameters = compute_parameters(dataset_id)
-        assert run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id,
-                          extra_env=env).returncode == 0
-        refined = [a for a in server.annotations(dataset_id) if MARKER_KEY in a]
-        edited = refined[0]
-        moved = [{"x": c["x"] + 0.5, "y": c["y"]} for c in edited["coordinates"]]
-        put(server, edited["_id"], {"coordinates": moved})
-        [stored] = [a for a in server.annotations(dataset_id) if a["_id"] == edited["_id"]]
-        assert MARKER_KEY not in stored  # the PUT dropped the marker
-        again = run_worker(server, "compute", parameters, oracle_checkpoint_dir, dataset_id, extra_env=env)
-        assert again.returncode == 0, again.stdout + again.stderr
-        assert f"Refined 0 of 0; {len(originals)} already refined" in again.progress[-1]["info"]
-        outputs = [a for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
-        assert len(outputs) == len(originals)  # no cell refined twice
+def test_a_refined_polygon_edited_in_the_app_keeps_its_marker_and_is_not_refined_again(server, worker):
+    """The app edits only with PUT upenn_annotation/multiple, which merges the sent fields
+    into the stored document (PLATFORM.md §10): the marker stays, so the rerun knows it."""
+    dataset_id, originals = seed(server)
+    parameters = compute_parameters(dataset_id)
+    assert worker(parameters, dataset_id).returncode == 0
+    edited = [a for a in server.annotations(dataset_id) if MARKER_KEY in a][0]
+    moved = [{"x": c["x"] + 0.5, "y": c["y"]} for c in edited["coordinates"]]
+    response = requests.put(f"{server.url}/upenn_annotation/multiple",
+                            json=[{"id": edited["_id"], "coordinates": moved, "tags": edited["tags"]}],
+                            headers={"Girder-Token": server.token}, timeout=10)
+    response.raise_for_status()
+    [stored] = [a for a in server.annotations(dataset_id) if a["_id"] == edited["_id"]]
+    assert stored["coordinates"] == moved and stored[MARKER_KEY] == edited[MARKER_KEY]
+    again = worker(parameters, dataset_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"Refined 0 of 0; {len(originals)} already refined" in again.progress[-1]["info"]
+    outputs = [a for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
+    assert len(outputs) == len(originals)  # no cell refined twice

@@ -131,7 +131,6 @@ def test_a_token_that_expires_before_the_last_replacements_is_reported_with_what
 # --- 5: a first run recognises nothing it did not make -------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 5: not closed yet")
 def test_an_unmarked_polygon_with_the_output_tags_inside_an_original_is_not_taken_for_its_refinement():
     platform = FakePlatform()
     original = platform.add(square(10, 10, 20), tags=["nucleus"])

@@ -426,18 +426,6 @@ def test_a_counterpart_of_an_outline_since_edited_is_stale_and_replaced_by_the_n
     assert writer.result.stale_removed == 1
 
 
-def test_a_refined_polygon_that_lost_its_marker_is_recognised_and_its_original_not_refined_again():
-    platform = FakePlatform()
-    original = platform.add(square(10, 10, 20), tags=["nucleus"])
-    edited = platform.add(square(12, 12, 15), tags=["refined"])  # a refinement edited in the app: no marker
-    platform.add(square(200, 200, 15), tags=["refined"])  # another unmarked one, elsewhere
-    params = parameters(platform)
-    _, job = writer_for(platform, params)
-    counterpart = job.earlier.counterparts[original]
-    assert counterpart.refined_id == edited and counterpart.recognised and not counterpart.replaces_original
-    assert len(job.earlier.accepted_outlines(HERE)) == 1
-
-
 def test_duplicates_of_an_earlier_run_are_removed_and_their_connections_kept_on_the_one_left():
     platform = FakePlatform()
     parent = platform.add(square(0, 0, 100), tags=["cell"])
