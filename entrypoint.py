@@ -47,7 +47,7 @@ import threading  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sam2_refine.errors import EXIT_FAILED, EXIT_INVALID_INPUT, WorkerError  # noqa: E402
+from sam2_refine.errors import EXIT_INVALID_INPUT, WorkerError, unexpected  # noqa: E402
 from sam2_refine.messages import Redactor  # noqa: E402
 
 EXIT_CANCELLED = 143
@@ -220,12 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANCELLED
     except Exception as error:
         LINES.log("".join(traceback.format_exception(error)))
-        if isinstance(error, WorkerError):
-            LINES.error(error.message, error.info, error.title)
-            return error.exit_code
-        LINES.error(f"Unexpected error: {type(error).__name__}: {error}",
-                    "This is a bug in SAM2 Refiner; the job log has the details.", "Error")
-        return EXIT_FAILED
+        failure = error if isinstance(error, WorkerError) else unexpected(error)
+        LINES.error(failure.message, failure.info, failure.title)
+        return failure.exit_code
 
 
 def exit_process(status: int, fast: bool) -> None:

@@ -21,6 +21,12 @@ class WorkerError(Exception):
         self.title = title
 
 
+def unexpected(error: BaseException) -> WorkerError:
+    """A failure the worker has no words of its own for, as the job reports it."""
+    return WorkerError(f"Unexpected error: {type(error).__name__}: {error}",
+                       info="This is a bug in SAM2 Refiner; the job log has the details.")
+
+
 class ParameterError(WorkerError):
     """The job's parameters or the dataset rule the job out; nothing was written."""
 

@@ -21,7 +21,7 @@ from . import interface as ui
 from .creates import Refined
 from .device import usable_cpu_count
 from .engine import RefineSettings, WindowImages, why_not_accepted
-from .errors import WorkerError
+from .errors import WorkerError, unexpected
 from .markers import run_key
 from .messages import Reporter, plural, skipped_summary
 from .model import MODEL_INPUT_SIDE, MaskPredictor
@@ -193,11 +193,15 @@ def run_compute(
         where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
         writer.finish()
-    except WorkerError as error:
+    except Exception as error:  # any failure (not a cancel): the summary, and what was saved before it
         report_end(tally, writer.result, params, reporter)
-        if not isinstance(error, Unfinished):
-            error.info = with_saved_work(error.info, writer.result, writer.left_undone())
-        raise
+        if isinstance(error, Unfinished):
+            raise
+        failure = error if isinstance(error, WorkerError) else unexpected(error)
+        failure.info = with_saved_work(failure.info, writer.result, writer.left_undone())
+        if failure is error:
+            raise
+        raise failure from error
     report_end(tally, writer.result, params, reporter)
     if tally.to_refine and not writer.result.created and not writer.result.completed:
         reasons = Counter(tally.skipped) + Counter(tally.doubtful)
