@@ -70,6 +70,11 @@ class EarlierWork:
         doubtful ones."""
         return self.accepted.get(location, [])
 
+    def refined_outlines(self) -> int:
+        """How many originals earlier runs refined here (one outline each, whether or not
+        the original is still there; a late write's duplicate not counted)."""
+        return len(self.refined_ids) - sum(len(extra) for extra in self.duplicates.values())
+
     def accepted_polygons(self, location: Location) -> list[Polygon]:
         return [Polygon(outline) for outline in self.accepted_outlines(location) if len(outline) >= 3]
 

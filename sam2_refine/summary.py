@@ -97,6 +97,21 @@ def report_end(tally: Tally, result: WriteResult, params: RefineParameters, repo
     reporter.progress(1.0, job_summary(tally, result, params), force=True)
 
 
+def report_nothing_to_refine(params: RefineParameters, positions: int, refined_earlier: int,
+                             reporter: Reporter) -> None:
+    """The end of a job that found no original to refine or complete; `refined_earlier`:
+    the refined outlines of its settings already at its positions (an earlier run's work)."""
+    where = f"at the {plural(positions, 'selected position')}"
+    if refined_earlier:
+        reporter.progress(1.0, "Nothing left to refine: an earlier run with the same settings did this work "
+                               f"({plural(refined_earlier, 'refined outline')} {where})", force=True)
+        return
+    tags = ", ".join(params.refine_tags) or "any tag"
+    reporter.warning(f"Nothing to refine: no polygons or rectangles tagged {tags} {where}",
+                     info="Check 'Tag of objects to refine' and the Batch fields.")
+    reporter.progress(1.0, "Nothing to refine", force=True)
+
+
 def with_saved_work(info: str | None, result: WriteResult, left: str) -> str:
     """A failure's advice, plus what was saved before it and what is left undone."""
     info = info or ""

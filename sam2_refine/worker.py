@@ -32,7 +32,7 @@ from .parameters import Location, RefineParameters, parse_parameters, resolve_lo
 from .pipeline import LocationWork, run_pipeline
 from .resume import Counterpart, read_job
 from .review import original_outline, unpadded
-from .summary import Tally, report_end, with_saved_work
+from .summary import Tally, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
 
 # Shares of the progress bar.
@@ -158,13 +158,7 @@ def run_compute(
         tally.earlier += done
         tally.to_refine += len(originals) - done
     if tally.to_refine + tally.earlier == 0:
-        tags = ", ".join(params.refine_tags) or "any tag"
-        reporter.warning(
-            f"Nothing to refine: no polygons or rectangles tagged {tags} at the "
-            f"{plural(len(locations), 'selected position')}",
-            info="Check 'Tag of objects to refine' and the Batch fields.",
-        )
-        reporter.progress(1.0, "Nothing to refine", force=True)
+        report_nothing_to_refine(params, len(locations), job.earlier.refined_outlines(), reporter)
         return
 
     if tally.to_refine:

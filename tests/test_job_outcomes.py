@@ -4,8 +4,6 @@ left to do, through the whole worker (a subprocess against the embedded server):
 
 from __future__ import annotations
 
-import pytest
-
 from nimbus_server import NimbusServer
 from tests.conftest import (
     TAG, cells, compute_parameters, frames, oracle_env, refined_by_source, replacing, run_worker, seed,
@@ -84,7 +82,6 @@ def test_a_device_error_half_way_ends_with_the_summary_and_says_the_work_saved_i
     assert again.progress[-1]["info"] == "Refined 5 of 5; replaced 5 originals"  # only what was left
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 hole 7: not closed yet")
 def test_a_finished_replacing_job_run_again_says_an_earlier_run_did_the_work(server, worker):
     dataset_id, originals = seed(server)
     assert worker(replacing(dataset_id), dataset_id).returncode == 0

@@ -10,11 +10,12 @@ from sam2_refine import connections
 from sam2_refine.errors import WorkerError
 from sam2_refine.nimbus import MARKER_KEY, SOURCE_KEY, outline_digest
 from sam2_refine.markers import run_key
+from sam2_refine.summary import report_nothing_to_refine
 from sam2_refine.writeback import Unfinished
 from tests.fake_platform import FakePlatform, HttpError
 from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
-    HERE, check_replaced_exactly_once, complete_earlier, fault_test_budget, only_refined, parameters, refine_all,
-    square, writer_for,
+    HERE, Silent, check_replaced_exactly_once, complete_earlier, fault_test_budget, only_refined, parameters,
+    refine_all, square, writer_for,
 )
 
 TOKEN_EXPIRED = WorkerError("The platform did not accept this job's token (HTTP 401)",
@@ -160,3 +161,45 @@ def test_stale_refinements_removed_at_the_end_of_the_job_are_not_counted_as_repl
     writer.finish()
     assert stale not in platform.annotations and original not in platform.annotations
     assert writer.result.deleted == 1 and writer.result.stale_removed == 1
+
+
+# --- 7: a finished job run again says an earlier run did the work ---------------------------
+
+
+class Recorder(Silent):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def progress(self, fraction, info="", force=False):
+        self.lines.append(info)
+
+
+def test_a_finished_replacing_job_run_again_counts_the_refined_outlines_an_earlier_run_made():
+    platform = FakePlatform()
+    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
+    params = parameters(platform)
+    writer, _ = writer_for(platform, params)
+    refine_all(platform, writer, originals)
+    writer.finish()
+    check_replaced_exactly_once(platform, originals)
+    twin_id = platform._new_id()  # a late write that landed after the job: no 4th outline
+    platform.annotations[twin_id] = {**only_refined(platform, originals[0]), "_id": twin_id}
+    _, job = writer_for(platform, params)  # the same job again
+    assert job.originals == {}
+    reporter = Recorder()
+    report_nothing_to_refine(params, 1, job.earlier.refined_outlines(), reporter)
+    assert reporter.warnings == []  # not "Nothing to refine ... Check 'Tag of objects to refine'"
+    assert reporter.lines == ["Nothing left to refine: an earlier run with the same settings did this work "
+                              "(3 refined outlines at the 1 selected position)"]
+
+
+def test_a_job_with_nothing_at_its_positions_still_says_to_check_the_tag():
+    platform = FakePlatform()
+    params = parameters(platform)
+    _, job = writer_for(platform, params)
+    reporter = Recorder()
+    report_nothing_to_refine(params, 2, job.earlier.refined_outlines(), reporter)
+    assert reporter.warnings == [("Nothing to refine: no polygons or rectangles tagged nucleus at the 2 selected "
+                                  "positions", "Check 'Tag of objects to refine' and the Batch fields.")]
+    assert reporter.lines == ["Nothing to refine"]
