@@ -24,8 +24,8 @@ from sam2_refine.writeback import Unfinished
 from sam2_refine.writes import MAX_SENDS
 from tests.fake_platform import FakePlatform, HttpError
 from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
-    HERE, WRITES, check_replaced_exactly_once, fault_test_budget, inner, only_refined, parameters, refine_all, square,
-    write_calls, writer_for,
+    HERE, WRITES, check_replaced_exactly_once, complete_earlier, fault_test_budget, inner, only_refined, parameters,
+    refine_all, square, write_calls, writer_for,
 )
 
 # --- order, tags, connections ----------------------------------------------------------
@@ -393,6 +393,33 @@ def test_half_written_location_is_completed_without_duplicates():
     assert platform.links() == [(cell, refined)]
     assert "create_annotations" not in platform.calls
     assert writer.result.completed == 1
+
+
+def test_a_rerun_after_the_users_undo_of_the_jobs_last_write_replaces_each_original_once():
+    """The platform keeps a job's writes in the user's undo history (PLATFORM.md §10): the
+    user's next undo reverts the job's last write, bringing the originals that write
+    deleted back, with their ids, beside their refinements. The same job again completes."""
+    platform = FakePlatform()
+    parent = platform.add(square(0, 0, 100), tags=["cell"])
+    originals = [platform.add(square(i * 20, 0), tags=["nucleus"]) for i in range(3)]
+    for original in originals:
+        platform.connect(parent, original, tags=["lineage"])
+    documents = {o: dict(platform.annotations[o]) for o in originals}
+    params = parameters(platform)
+    writer, _ = writer_for(platform, params)
+    refine_all(platform, writer, originals)
+    writer.finish()
+    method, last = platform.bodies[-1]
+    assert method == "delete_annotations" and set(last) == set(originals)
+    platform.annotations.update({o: documents[o] for o in last})  # the undo
+    writer, job = writer_for(platform, params)
+    assert set(job.earlier.counterparts) == set(originals)
+    complete_earlier(platform, writer, job, originals)
+    writer.finish()
+    check_replaced_exactly_once(platform, originals)
+    assert platform.links() == sorted((parent, only_refined(platform, o)["_id"]) for o in originals)
+    assert "create_annotations" not in platform.calls[platform.calls.index("polygons", 1):]
+    assert writer.result.completed == 3
 
 
 def test_earlier_doubtful_counterpart_is_not_completed_into_a_replacement():
