@@ -173,6 +173,20 @@ def render(labels: dict[str, str], checkpoints: str | None) -> str:
         "|--------|---------------|------------|",
         *[f"| {reason} | {cell(MEANINGS[reason])} | {cell(ADVICE.get(reason, ''))} |" for reason in MEANINGS],
         "",
+        "## Running a job again",
+        "",
+        "Run the same job again (the same model, resolution, padding, smoothing, output tags and layer) and it "
+        "continues where it stopped: each refined polygon carries a marker (`sam2Refine`) made of those settings "
+        "and its original's id, so what was saved is neither refined nor created again, and originals left next to "
+        "their refinement are replaced. Editing a refined polygon in the app keeps its marker. A polygon without "
+        "the marker is never taken for a refinement, whatever its tags or position. An original is deleted only "
+        "while its refined polygon exists: one deleted while the job runs keeps its original.",
+        "",
+        "Every write the job makes lands in your undo history, as if you had made it (the platform keeps 10 "
+        "entries a user, for an hour): your next undo in the app reverts the job's last write alone, for example "
+        "bringing back one location's originals beside their refinements. Running the same job again then "
+        "completes it cleanly.",
+        "",
         "## Files",
         "",
         "| File | Description |",
