@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import interface as ui
+from .errors import WorkerError
 from .ledger import Left, WriteResult
 from .messages import Reporter, plural, skipped_summary
 from .parameters import RefineParameters
@@ -110,6 +111,17 @@ def report_nothing_to_refine(params: RefineParameters, positions: int, refined_e
     reporter.warning(f"Nothing to refine: no polygons or rectangles tagged {tags} {where}",
                      info="Check 'Tag of objects to refine' and the Batch fields.")
     reporter.progress(1.0, "Nothing to refine", force=True)
+
+
+def check_something_refined(tally: Tally, result: WriteResult) -> None:
+    """A job that had originals to refine and saved or completed none of them failed."""
+    if tally.to_refine and not result.created and not result.completed:
+        reasons = Counter(tally.skipped) + Counter(tally.doubtful)
+        raise WorkerError(
+            f"No object could be refined ({skipped_summary(reasons)})",
+            info="See the warnings above for what to change.",
+            title="Nothing refined",
+        )
 
 
 def with_saved_work(info: str | None, result: WriteResult, left: str) -> str:

@@ -10,7 +10,6 @@ continues where the first stopped.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from .device import usable_cpu_count
 from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError, unexpected
 from .markers import run_key
-from .messages import Reporter, plural, skipped_summary
+from .messages import Reporter, plural
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
 from .originals import prompt_coordinates
@@ -32,7 +31,7 @@ from .parameters import Location, RefineParameters, parse_parameters, resolve_lo
 from .pipeline import LocationWork, run_pipeline
 from .resume import Counterpart, read_job
 from .review import original_outline, unpadded
-from .summary import Tally, report_end, report_nothing_to_refine, with_saved_work
+from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
 
 # Shares of the progress bar.
@@ -197,13 +196,7 @@ def run_compute(
             raise
         raise failure from error
     report_end(tally, writer.result, params, reporter)
-    if tally.to_refine and not writer.result.created and not writer.result.completed:
-        reasons = Counter(tally.skipped) + Counter(tally.doubtful)
-        raise WorkerError(
-            f"No object could be refined ({skipped_summary(reasons)})",
-            info="See the warnings above for what to change.",
-            title="Nothing refined",
-        )
+    check_something_refined(tally, writer.result)
 
 
 @dataclass(frozen=True)
