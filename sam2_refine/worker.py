@@ -157,6 +157,10 @@ def run_compute(
         tally.earlier += done
         tally.to_refine += len(originals) - done
     if tally.to_refine + tally.earlier == 0:
+        if job.earlier.duplicates:  # late writes that landed after an earlier run ended: removed
+            writer = WriteBack(platform, params, key, reporter)
+            writer.prepare(job)
+            writer.finish()
         report_nothing_to_refine(params, len(locations), job.earlier.refined_outlines(), reporter)
         return
 

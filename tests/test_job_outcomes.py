@@ -92,3 +92,18 @@ def test_a_finished_replacing_job_run_again_says_an_earlier_run_did_the_work(ser
     assert again.progress[-1]["info"] == (
         "Nothing left to refine: an earlier run with the same settings did this work (4 refined outlines at the "
         "1 selected position)")
+
+
+def test_a_late_twin_that_landed_after_a_finished_job_is_removed_by_the_next_run(server, worker):
+    """A create the platform applied only after the job ended leaves a second refined polygon
+    with the same marker; the next run finds and removes it, also when nothing is left to refine."""
+    dataset_id, originals = seed(server)
+    assert worker(replacing(dataset_id), dataset_id).returncode == 0
+    [first] = [a for a in server.annotations(dataset_id) if a.get("sam2Refine", "").endswith(originals[0])]
+    twin = server.add_annotation(dataset_id, first["coordinates"], tags=first["tags"], location=first["location"],
+                                 channel=first["channel"], **{k: first[k] for k in ("sam2Refine", "sam2RefineSource")})
+    again = worker(replacing(dataset_id), dataset_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert twin not in present(server, dataset_id) and first["_id"] in present(server, dataset_id)
+    assert set(refined_by_source(server, dataset_id).values()) == {1}
+    assert again.progress[-1]["info"].startswith("Nothing left to refine")
