@@ -35,7 +35,7 @@ class Replacer:
         self.index = index
         self.linker = linker
 
-    def existing(self, annotation_ids: set[str], ask_again: bool = False) -> set[str]:
+    def _existing(self, annotation_ids: set[str], ask_again: bool = False) -> set[str]:
         """Which of `annotation_ids` exist, asking the server only about those this job
         has not seen (about all of them with `ask_again`)."""
         ledger = self.ledger
@@ -51,7 +51,7 @@ class Replacer:
 
     def _with_both_ends(self, moved: list[dict], ask_again: bool = False) -> list[dict]:
         """The moved connections whose both ends exist; the others are noted as skipped."""
-        present = self.existing({end for c in moved for end in (c["parentId"], c["childId"])}, ask_again)
+        present = self._existing({end for c in moved for end in (c["parentId"], c["childId"])}, ask_again)
         movable = []
         for connection in moved:
             if connection["parentId"] in present and connection["childId"] in present:
