@@ -220,6 +220,12 @@ class TimedBatchPredictor(TimedPredictor):
         self._encoded_at = time.perf_counter()
 
 
+def wrap(inner: Any, cells: Cells | None) -> TimedPredictor:
+    """The timed predictor for `inner`: with `encode_batch` and `use` exactly when it has them."""
+    batched = hasattr(inner, "encode_batch") and hasattr(inner, "use")
+    return (TimedBatchPredictor if batched else TimedPredictor)(inner, cells)
+
+
 def _instrument_worker(predictor: TimedPredictor) -> None:
     """Count the time after the last window as spent on its objects when the job ends.
     (The worker's own stage clock, summed over the pipeline's threads and processes, is in
@@ -246,8 +252,7 @@ def predictor(checkpoint: Path) -> TimedPredictor:
             inner = Sam2Predictor(Path(checkpoint), precision=os.environ.get("BENCH_PRECISION") or None)
         synchronize()
     CLOCK.mark("model_ready")
-    batched = hasattr(inner, "encode_batch") and hasattr(inner, "use")
-    timed = (TimedBatchPredictor if batched else TimedPredictor)(inner, cells_from_environment())
+    timed = wrap(inner, cells_from_environment())
     _instrument_worker(timed)
     _write_before_fast_exit()
     print(f"benchmark predictor: {timed.device_description}", file=sys.stderr, flush=True)
