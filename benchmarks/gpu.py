@@ -137,13 +137,14 @@ def device_lines(dry_run: bool) -> dict:
 
 def version_rows(wheels: Path) -> list[dict]:
     """Each pinned package and each carried one (.whl/MANIFEST.txt, the pins' dependencies):
-    the version wanted, the one installed, and where it came from: the carried wheels, the
-    device's image, or (dry run) this virtual environment."""
+    the version wanted (requirements' pin, else the manifest's: a stale .whl/ shows as a
+    difference), the one installed, and where it came from: the carried wheels, the device's
+    image, or (dry run) this virtual environment."""
     from benchmarks.gpu_wheels import NOT_FOR_THE_DEVICE, pinned
 
     manifest = wheels / "MANIFEST.txt"
     carried = dict(line.split("==") for line in manifest.read_text().split()) if manifest.is_file() else {}
-    wanted = {name: pin for name, pin in pinned().items() if name not in NOT_FOR_THE_DEVICE} | carried
+    wanted = carried | {name: pin for name, pin in pinned().items() if name not in NOT_FOR_THE_DEVICE}
     rows = []
     for name, pin in sorted(wanted.items()):
         try:
