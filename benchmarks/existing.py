@@ -4,7 +4,8 @@ Same command line as the worker. What it does is what /work/shared/PLATFORM.md Â
 describes of the existing worker (numbers are its steps):
   5. list every polygon of the dataset (limit=0) plus the dead 'blob' query; filter
      by tag and batch location on the client; group by location;
-  6. build SAM2 (bf16 autocast only on CUDA, so fp32 here) and SAM2ImagePredictor;
+  6. build SAM2 and SAM2ImagePredictor: on CUDA where there is one, under bf16 autocast
+     entered for good (l.230), else on the CPU in fp32;
   7. per location: every channel at full frame, merged with np.percentile contrast
      into float32 [0, 1]; `set_image` once; ONE `predict(box, multimask_output=False)`
      per box, each full-frame mask kept in memory;
@@ -149,7 +150,10 @@ def compute(dataset_id: str, api_url: str, token: str, params: dict) -> None:
     CLOCK.mark("model_start")
     with CLOCK.timed("model"):
         checkpoint = Path(os.environ.get("SAM2_CHECKPOINT_DIR", "/code/sam2/checkpoints")) / model_name
-        model = build_sam2(CONFIGS[model_name], str(checkpoint), device="cpu", apply_postprocessing=False)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
+            torch.autocast("cuda", dtype=torch.bfloat16).__enter__()
+        model = build_sam2(CONFIGS[model_name], str(checkpoint), device=device, apply_postprocessing=False)
         predictor = SAM2ImagePredictor(model)
     CLOCK.mark("model_ready")
     cells = cells_from_environment()
@@ -161,7 +165,7 @@ def compute(dataset_id: str, api_url: str, token: str, params: dict) -> None:
             height, width = orig_hw
             with CLOCK.timed("substitute"):
                 logits = torch.from_numpy(cells.low_res_logits(current_box[0], 0, 0, width, height))[None, None]
-            return upsample(logits.to(masks.dtype), orig_hw)
+            return upsample(logits.to(masks.device, masks.dtype), orig_hw)
 
         predictor._transforms.postprocess_masks = realistic
 
@@ -174,12 +178,12 @@ def compute(dataset_id: str, api_url: str, token: str, params: dict) -> None:
             images = [dataset.images.get(xy=xy, z=z, time=time, channel=c) for c in range(dataset.num_channels)]
             image = merge_channels(images, layers).astype(np.float32)
         CLOCK.mark("first_encode")
-        with CLOCK.timed("encode"):
+        with CLOCK.timed("encode", synchronized=True):  # CUDA launches return before the GPU is done
             predictor.set_image(image)
         boxes = [Polygon([(c["x"], c["y"]) for c in a["coordinates"]]).bounds for a in annotations]
         CLOCK.values["image_px_per_mask_px"] += [max(image.shape[:2]) / 256] * len(boxes)
         masks = []
-        with CLOCK.timed("decode"):
+        with CLOCK.timed("decode", synchronized=True):
             for box in boxes:
                 input_box = np.array(box, dtype=np.float32)
                 current_box[:] = [input_box]

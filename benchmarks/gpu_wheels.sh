@@ -1,19 +1,55 @@
 #!/usr/bin/env bash
-# Wheels for benchmarks/gpu.sh: what this project needs beyond the GPU image's own packages
-# (it has torch, numpy, scipy, scikit-image, pillow, requests; see the device tool's
-# KINDS.md), for its Python 3.12 on x86-64, into .whl/ (ignored by git). sam2 is built here
-# from its sdist without its CUDA extension, as everywhere in this project.
+# Wheels for benchmarks/gpu.sh, into .whl/ (ignored by git), where PyPI is reachable:
+#   bash benchmarks/gpu_wheels.sh
+# The set is benchmarks/gpu_wheels.py's plan: this project's pins and their dependencies as
+# installed in .venv, minus what the device's image brings (torch, torchvision, numpy, scipy,
+# scikit-image, pillow). Wheels for the device's Python 3.12 on x86-64 (manylinux); the
+# packages published only as sdists (sam2, antlr4-python3-runtime, iopath) are built here,
+# sam2 without its CUDA extension (SAM2_BUILD_CUDA=0), as everywhere in this project.
+# .whl/MANIFEST.txt lists what must be there; gpu.sh refuses to run without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
+LIMIT_MIB=${GPU_WHEELS_LIMIT_MIB:-40}  # the device tool carries 64 MiB in all, the repository included
+export PIP_CONSTRAINT=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 SAM2_BUILD_CUDA=0
+
+"$PYTHON" benchmarks/gpu_wheels.py --why > /tmp/gpu-wheels-plan.txt
 rm -rf .whl && mkdir .whl
-platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    "${platforms[@]}" -d .whl \
-    shapely==2.2.0 hydra-core==1.3.8 omegaconf==2.3.1 portalocker==4.4.2 \
-    nimbusimage==0.6.3 girder-client==5.0.21 requests-toolbelt==1.0.0 diskcache==5.6.3 \
-    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-# Pure-Python packages published only as sdists.
-SAM2_BUILD_CUDA=0 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl \
-    sam2==1.1.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10
-du -sh .whl
+platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
+           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+sdists=()
+while read -r requirement; do
+    if ! "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            "${platforms[@]}" -d .whl "$requirement" 2>/dev/null; then
+        sdists+=("$requirement")
+    fi
+done < /tmp/gpu-wheels-plan.txt
+if [ ${#sdists[@]} -gt 0 ]; then
+    echo "built here from sdists: ${sdists[*]}"
+    "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl "${sdists[@]}"
+fi
+for wheel in .whl/*.whl; do
+    case "$wheel" in
+        *-none-any.whl|*cp312*manylinux*x86_64*.whl|*abi3*manylinux*x86_64*.whl) ;;
+        *) echo "not for the device's Python 3.12 on x86-64: $wheel" >&2; exit 1 ;;
+    esac
+done
+cp /tmp/gpu-wheels-plan.txt .whl/MANIFEST.txt
+"$PYTHON" - <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from benchmarks.gpu_wheels import wheel_name
+wanted = {line.split("==")[0] for line in Path(".whl/MANIFEST.txt").read_text().split()}
+found = [wheel_name(p.name) for p in Path(".whl").glob("*.whl")]
+missing, doubled = wanted - set(found), {n for n in found if found.count(n) > 1}
+if missing or doubled or set(found) - wanted:
+    sys.exit(f"wheel set wrong: missing {sorted(missing)}, doubled {sorted(doubled)}, extra {sorted(set(found) - wanted)}")
+EOF
+ls -l .whl/*.whl | awk '{printf "%9d  %s\n", $5, $9}'
+bytes=$(du -cb .whl | tail -1 | cut -f1)
+echo "$(ls .whl/*.whl | wc -l) wheels, $((bytes / 1024)) KiB in .whl/"
+if [ "$bytes" -gt $((LIMIT_MIB * 1024 * 1024)) ]; then
+    echo ".whl/ is over ${LIMIT_MIB} MiB: the device tool carries 64 MiB in all" >&2
+    exit 1
+fi

@@ -102,8 +102,7 @@ THROUGHPUT = [
     *(Case(2048, 100, NO_MODEL, (AUTO,), group="throughput", region_delay=delay) for delay in (0.0, REGION_DELAY)),
     *(Case(4096, 200, "tiny", (WHOLE,), group="throughput", noise_masks=noise) for noise in (False, True)),
 ]
-# benchmarks/gpu.sh on a CUDA machine (not in the default set: on a CPU these take long).
-GPU = [Case(2048, count, model, (WHOLE, AUTO), group="gpu") for model in ("tiny", "small") for count in (100, 1000)]
+# The GPU table is benchmarks/gpu_table.py (benchmarks/gpu.sh), built on run_case.
 DEFAULT = SPEED + SCALE + TIMELAPSE + THROUGHPUT
 
 
@@ -479,23 +478,6 @@ def throughput_lines(results: list[Result]) -> list[str]:
     return out
 
 
-def gpu_lines(results: list[Result]) -> list[str]:
-    """Objects per second end to end, and after start-up, with the worker's own stage split
-    (seconds summed over each stage's threads and processes, which overlap)."""
-    out = []
-    for r in results:
-        if r.returncode != 0 or r.implementation == EXISTING:
-            continue
-        s = r.stages
-        after_start = max(r.total - s["to_first_encode"], 1e-9)
-        split = ", ".join(f"{name[len('stage:'):]} {seconds:.2f}" for name, seconds in s.items()
-                          if name.startswith("stage:"))
-        out.append(f"{r.case}, {r.implementation}: {r.count / r.total:.0f} objects/s end to end "
-                   f"({r.total:.2f} s), {r.count / after_start:.0f} objects/s after the first encode; "
-                   f"encoder runs {r.calls.get('encode', 0)}; stages s: {split}")
-    return out
-
-
 def load_tiling(path: Path | None):
     """sam2_refine.tiling, or another version of it (e.g. `git show REV:sam2_refine/tiling.py`)."""
     if path is None:
@@ -554,8 +536,7 @@ def main() -> int:
         return 0
     cases = QUICK if args.quick else DEFAULT
     if args.only:
-        cases = [c for c in (GPU if "gpu" in args.only else cases)
-                 if any(o in c.name or o == c.group for o in args.only)]
+        cases = [c for c in cases if any(o in c.name or o == c.group for o in args.only)]
 
     from nimbus_server import NimbusServer
 
@@ -593,8 +574,6 @@ def main() -> int:
         for r in results:
             print(f"- {r.case}, {r.implementation}: totals of the {args.repeat} runs {r.all_totals} s")
     lines = timelapse_lines(results) + marginal_lines(results) + target_lines(results) + throughput_lines(results)
-    if any(c.group == "gpu" for c in cases):
-        lines += gpu_lines(results)
     for line in lines:
         print(f"- {line}")
     if args.json:
