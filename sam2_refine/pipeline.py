@@ -12,11 +12,12 @@ Stages, from the image to the platform:
   location, then the caller's `finish` (decide and write back), one location at a time
   and in order, while the stages above work on the locations after it.
 
-Memory is bounded by the stages' queues: `prefetch` window images, MAX_OBJECTS_IN_FLIGHT
-objects' logits between the model and the outlines, FINISH_QUEUE locations waiting for
-their turn to be written. A failure in any stage stops the others: locations whose every
-object was settled before it are still finished in order, the rest is left for a rerun
-to pick up, and the failure is raised to the caller. A cancel (SIGTERM, raised in the
+Memory is bounded by the stages' queues: `prefetch` window images (or as many as the
+predictor encodes at once, if more), MAX_OBJECTS_IN_FLIGHT objects' logits between the
+model and the outlines, FINISH_QUEUE locations waiting for their turn to be written. A
+failure in any stage stops the others: locations whose every object was settled before
+it are still finished in order, the rest is left for a rerun to pick up. Every failure is
+written to the job log as it happens; the first is raised to the caller. A cancel (SIGTERM, raised in the
 calling thread) stops everything at once, after the location being written is done or
 FINISH_GRACE seconds have passed.
 """
@@ -27,11 +28,13 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,6 +227,7 @@ class Pipeline:
         on_progress: Callable[[LocationWork, int], None] = lambda work, done: None,
         workers: int = 1,
         prefetch: int = PREFETCH,
+        log: Callable[[str], None] | None = None,
     ):
         self._predictor_source = predictor
         self._predictor: MaskPredictor | None = None
@@ -235,18 +239,24 @@ class Pipeline:
         self._stop = threading.Event()
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
+        self._log = log or _to_stderr
         self.clock = StageClock()
 
     # --- failures ------------------------------------------------------------------
 
-    def _record(self, error: BaseException) -> None:
+    def _record(self, error: BaseException, stage: str) -> None:
+        """Keep the first failure (the one raised); write every one to the job log."""
         with self._failure_lock:
-            if self._failure is None:
+            first = self._failure is None
+            if first:
                 self._failure = error
+            what = "this ends the job" if first else "after an earlier failure, which ends the job"
+            self._log(f"the {stage} stage failed ({what}): {type(error).__name__}: {error}\n"
+                      + "".join(traceback.format_exception(error)).rstrip())
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, stage: str) -> None:
         """A failure that stops every stage at once."""
-        self._record(error)
+        self._record(error, stage)
         self._stop.set()
 
     def _put(self, channel: queue.Queue, item) -> None:
@@ -275,10 +285,10 @@ class Pipeline:
             pass
         except Exception as error:
             # The locations already handed on are finished; the one in the making is left.
-            self._record(error)
+            self._record(error, "model")
         except BaseException as error:  # SIGTERM or ^C: everything stops
             cancelled = True
-            self._fail(error)
+            self._fail(error, "model")
         finally:
             fetcher.shutdown(wait=False, cancel_futures=True)
             if not cancelled:
@@ -323,7 +333,9 @@ class Pipeline:
         ahead: deque[_Window] = deque()
 
         def top_up() -> None:
-            while len(ahead) < self._prefetch:
+            # As many windows ahead as the encoder takes at once, once the model is there.
+            depth = self._prefetch if self._predictor is None else max(self._prefetch, _encode_batch_size(self._predictor))
+            while len(ahead) < depth:
                 upcoming = next(windows, None)
                 if upcoming is None:
                     return
@@ -409,13 +421,12 @@ class Pipeline:
         return self._predictor
 
     def _wait(self, future: Future):
-        while True:
+        """The future's result, or its exception; Stopped when another stage fails first.
+        (Its own exception may be a TimeoutError: that is not "not done yet".)"""
+        while not wait([future], timeout=POLL, return_when=FIRST_EXCEPTION).done:
             if self._stop.is_set():
                 raise Stopped()
-            try:
-                return future.result(timeout=POLL)
-            except TimeoutError:
-                continue
+        return future.result()
 
     # --- finish stage (its own thread) ---------------------------------------------
 
@@ -428,7 +439,7 @@ class Pipeline:
         except Stopped:
             return
         except BaseException as error:  # raised in the calling thread by `run`
-            self._fail(error)
+            self._fail(error, "finish")
 
     def _next_batch(self, location: _Location):
         while True:
@@ -459,6 +470,10 @@ class Pipeline:
         outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _batches(predictor: MaskPredictor) -> bool:

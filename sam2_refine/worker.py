@@ -289,7 +289,7 @@ def run_compute(
     workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
     try:
         clock = run_pipeline(works(), predictor, settings, finish,
-                             lambda work, done: _progress(work, done, tally, reporter), workers)
+                             lambda work, done: _progress(work, done, tally, reporter), workers, log=reporter.log)
         where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
         writer.finish()
