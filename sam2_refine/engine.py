@@ -34,7 +34,7 @@ from shapely.geometry import Polygon
 from . import geometry, review, tiling
 from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
-from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks, low_res_span
+from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt, low_res_span
 from .outcome import Outcome, Reason
 from .tiling import Box
 
@@ -118,13 +118,18 @@ class LowRes:
     grid: tuple[int, int]
 
 
-def crop_low_res(logits: np.ndarray, area: Region, window: Window) -> LowRes:
-    """The cells of `logits` (h, w) over the window that resizing reads for `area`."""
-    rows, cols = logits.shape
+def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),
+                 grid: tuple[int, int] | None = None) -> LowRes:
+    """The cells over the window that resizing reads for `area`, from `logits` (h, w): the
+    whole low-resolution grid, or a crop of a grid of `grid` cells starting at cell `origin`
+    (row, col) that holds them (DecodedMasks.origins)."""
+    rows, cols = grid or logits.shape
     col_span = low_res_span(area[0], area[2], window.width, cols)
     row_span = low_res_span(area[1], area[3], window.height, rows)
-    return LowRes(np.ascontiguousarray(logits[row_span.start:row_span.stop, col_span.start:col_span.stop],
-                                       dtype=np.float32), row_span.start, col_span.start, (rows, cols))
+    row0, col0 = origin
+    return LowRes(np.ascontiguousarray(logits[row_span.start - row0:row_span.stop - row0,
+                                              col_span.start - col0:col_span.stop - col0], dtype=np.float32),
+                  row_span.start, col_span.start, (rows, cols))
 
 
 def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: Region) -> np.ndarray:
@@ -377,28 +382,30 @@ def _scores(values: np.ndarray | None, k: int) -> float | None:
 
 
 def decode_window(
-    predictor: MaskPredictor, window: Window, prompts: list[Prompt], frame_size: tuple[int, int]
+    predictor: MaskPredictor | PredictorAdapter, window: Window, prompts: list[Prompt], frame_size: tuple[int, int]
 ) -> Iterator[list[ObjectTask]]:
     """The tasks of the window's `prompts`, one decode batch at a time; the predictor must
     have encoded `window`."""
-    batch_size = decode_batch_size(predictor)
+    predictor = adapt(predictor)
+    batch_size = predictor.decode_batch_size
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         boxes = np.array([[p.box.x0 - window.left, p.box.y0 - window.top, p.box.x1 - window.left,
                            p.box.y1 - window.top] for p in batch], dtype=np.float32)
         areas = [decode_area(p, window, frame_size) for p in batch]
-        decoded: DecodedMasks = decode_masks(predictor, boxes, np.array(areas, dtype=np.int64))
+        decoded: DecodedMasks = predictor.decode(boxes, np.array(areas, dtype=np.int64))
+        grid = decoded.grid_shape
         tasks = []
         for k, (prompt, area) in enumerate(zip(batch, areas)):
+            origin = (0, 0) if decoded.origins is None else (int(decoded.origins[k][0]), int(decoded.origins[k][1]))
             # `settle` never tries the alternatives of an object too coarse at this resolution.
-            alternatives = decoded.candidates is not None and \
-                coarseness(prompt.box, window, decoded.logits.shape[1:]) >= review.COARSE_SPAN
+            alternatives = decoded.candidates is not None and coarseness(prompt.box, window, grid) >= review.COARSE_SPAN
             candidates = () if not alternatives else tuple(
-                crop_low_res(candidate, area, window) for candidate in decoded.candidates[k])
+                crop_low_res(candidate, area, window, origin, grid) for candidate in decoded.candidates[k])
             candidate_iou = () if not alternatives or decoded.candidate_iou is None else tuple(
                 float(v) for v in decoded.candidate_iou[k])
             tasks.append(ObjectTask(
-                prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window),
+                prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window, origin, grid),
                 _scores(decoded.predicted_iou, k), _scores(decoded.object_score, k), candidates, candidate_iou,
             ))
         yield tasks
@@ -489,6 +496,7 @@ def refine_frame(
     plan = plan_location(frame_size, originals, outlines, settings.resolution)
     done = len(originals) - plan.prompt_count
     on_progress(done)
+    predictor = adapt(predictor)
     for window, prompts in plan.windows():
         predictor.encode(window_images(window), window)
         for tasks in decode_window(predictor, window, prompts, frame_size):

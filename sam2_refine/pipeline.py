@@ -42,7 +42,7 @@ from shapely.geometry import Polygon
 
 from . import engine
 from .engine import LocationPlan, Prompt, RefineSettings
-from .model import MaskPredictor, Window
+from .seam import MaskPredictor, PredictorAdapter, Window, adapt
 from .outcome import Outcome
 
 PREFETCH = 4               # window images fetched ahead of the model
@@ -221,7 +221,7 @@ class Pipeline:
 
     def __init__(
         self,
-        predictor: Callable[[], MaskPredictor],
+        predictor: Callable[[], MaskPredictor | PredictorAdapter],
         settings: RefineSettings,
         finish: Callable[[LocationWork, list[Outcome]], None],
         on_progress: Callable[[LocationWork, int], None] = lambda work, done: None,
@@ -230,7 +230,7 @@ class Pipeline:
         log: Callable[[str], None] | None = None,
     ):
         self._predictor_source = predictor
-        self._predictor: MaskPredictor | None = None
+        self._predictor: PredictorAdapter | None = None
         self._settings = settings
         self._finish = finish
         self._on_progress = on_progress
@@ -334,7 +334,7 @@ class Pipeline:
 
         def top_up() -> None:
             # As many windows ahead as the encoder takes at once, once the model is there.
-            depth = self._prefetch if self._predictor is None else max(self._prefetch, _encode_batch_size(self._predictor))
+            depth = self._prefetch if self._predictor is None else max(self._prefetch, self._predictor.encode_batch_size)
             while len(ahead) < depth:
                 upcoming = next(windows, None)
                 if upcoming is None:
@@ -365,7 +365,7 @@ class Pipeline:
                 group = [ahead.popleft()]
                 if group[0].window is not None:
                     predictor = self._model()
-                    while ahead and ahead[0].window is not None and len(group) < _encode_batch_size(predictor):
+                    while ahead and ahead[0].window is not None and len(group) < predictor.encode_batch_size:
                         group.append(ahead.popleft())
                 top_up()
                 if group[0].window is None:
@@ -374,19 +374,12 @@ class Pipeline:
                     continue
                 images, failed_fetch = self.clock.timed("model waited for images", self._images, group)
                 group = group[:len(images)]  # the windows before a failed fetch are still refined
-                batched = _batches(predictor)
-                if batched:
-                    encoded = self.clock.timed("encode", predictor.encode_batch, images, [item.window for item in group])
-                else:
-                    encoded = images
-                for item, image_or_encoding in zip(group, encoded):
+                encoded = self.clock.timed("encode", predictor.encode_group, images, [item.window for item in group])
+                for item, encoding in zip(group, encoded):
                     # Handed on as the model reaches it, when every location before it is
                     # complete: the finish stage never waits on one the model cannot reach.
                     hand_on(item.location)
-                    if batched:
-                        predictor.use(image_or_encoding)
-                    else:
-                        self.clock.timed("encode", predictor.encode, image_or_encoding, item.window)
+                    self.clock.timed("encode", predictor.use, encoding)
                     batches = engine.decode_window(predictor, item.window, item.prompts, item.location.plan.frame_size)
                     while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
                         budget.take(len(tasks))
@@ -415,9 +408,9 @@ class Pipeline:
                 return images, error
         return images, None
 
-    def _model(self) -> MaskPredictor:
+    def _model(self) -> PredictorAdapter:
         if self._predictor is None:
-            self._predictor = self._predictor_source()
+            self._predictor = adapt(self._predictor_source())
         return self._predictor
 
     def _wait(self, future: Future):
@@ -474,15 +467,6 @@ class Pipeline:
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _batches(predictor: MaskPredictor) -> bool:
-    """Whether the predictor encodes several windows at once (model.BatchEncoder)."""
-    return hasattr(predictor, "encode_batch") and hasattr(predictor, "use")
-
-
-def _encode_batch_size(predictor: MaskPredictor) -> int:
-    return max(1, int(getattr(predictor, "encode_batch_size", 1))) if _batches(predictor) else 1
 
 
 def run_pipeline(works: Iterable[LocationWork], *arguments, **options) -> StageClock:

@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .model import Window
+from .seam import Window
 
 MIN_LOW_RES_SPAN = 16  # low-resolution mask pixels an object's box should span
 LOW_RES_SIZE = 256     # SAM2's low-resolution mask side

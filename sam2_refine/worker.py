@@ -28,6 +28,7 @@ from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import LocationWork, run_pipeline
 from .review import ADVICE, original_outline, unpadded
+from .seam import PredictorAdapter, adapt
 from .writeback import Counterpart, Refined, Unfinished, WriteBack, is_output_of, read_job, run_key
 
 # Shares of the progress bar.
@@ -221,12 +222,11 @@ def _summary(tally: Tally, writer: WriteBack, params: RefineParameters) -> str:
     return summary
 
 
-def _report_device(predictor: MaskPredictor, model_name: str, reporter: Reporter) -> None:
-    description = getattr(predictor, "device_description", None)
+def _report_device(predictor: PredictorAdapter, model_name: str, reporter: Reporter) -> None:
+    description = predictor.device_description
     reporter.progress(LOADING_SHARE, f"Loaded {model_name}" + (f" on {description}" if description else ""), force=True)
-    warning = getattr(predictor, "device_warning", None)
-    if warning:
-        reporter.warning(str(warning), info="The job runs on the CPU instead, much more slowly.")
+    if predictor.device_warning:
+        reporter.warning(predictor.device_warning, info="The job runs on the CPU instead, much more slowly.")
 
 
 def run_compute(
@@ -273,8 +273,8 @@ def run_compute(
     writer.prepare(job)
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
 
-    def predictor() -> MaskPredictor:
-        loaded = load_predictor(params.checkpoint_path)
+    def predictor() -> PredictorAdapter:
+        loaded = adapt(load_predictor(params.checkpoint_path))
         _report_device(loaded, params.model_name, reporter)
         return loaded
 
