@@ -18,8 +18,10 @@ is cut there and flagged `SPILLS_OUTSIDE`; one reaching the edge of the window S
 (not the frame's) is cut there and flagged `REACHES_VIEW_EDGE`. So a noise mask costs a
 small multiple of a real one, and a cut outline never replaces its original.
 
-`refine_frame` runs these steps one after another for one frame; `pipeline.py` runs the
-same steps for a whole job side by side.
+Every judgement uses the thresholds of the job's settings (`RefineSettings.thresholds`),
+through review.py's two entry points: `review.judge_object` for each mask on its own, and
+`review.review_location` for a location's outcomes together (`finish_location`).
+`pipeline.py` composes these steps, for a whole job or for one frame (`pipeline.refine_frame`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
 from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt, low_res_span
 from .outcome import Outcome, Reason
+from .review import DEFAULT_THRESHOLDS, Thresholds
 from .tiling import Box
 
 # Kept for callers of the first release.
@@ -44,8 +47,6 @@ OUTSIDE = Reason.OUTSIDE
 EMPTY_MASK = Reason.EMPTY_MASK
 VANISHED = Reason.VANISHED
 
-# Below review.SIZE_BLUR_SPAN, these are put down to SAM2's resolution (TOO_COARSE).
-SIZE_REASONS = (Reason.MUCH_SMALLER, Reason.EMPTY_MASK)
 # Times a mask reaching the edge of the area read is followed further (by the margin,
 # then by twice that) before it is cut.
 GROWTH_STEPS = 2
@@ -56,9 +57,13 @@ Region = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class RefineSettings:
+    """A job's settings for the engine: Smoothing and Padding (pixels), Resolution, and the
+    thresholds every refinement is judged by."""
+
     smoothing: float
     padding: float
     resolution: str
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
 def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason:
@@ -168,13 +173,14 @@ class Prompt:
     zone_bounds: tuple[float, float, float, float] | None
 
 
-def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int]) -> Prompt:
+def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int],
+                thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Prompt:
     """`original` is judged as the review judges it: clipped to the image."""
     original = review.within_frame(original, frame_size)
     if original is None:
         return Prompt(owner, box, None, None)
     # A round buffer's bounds are the original's, grown by the buffer distance.
-    growth = review.spill_growth(original)
+    growth = review.spill_growth(original, thresholds)
     x0, y0, x1, y1 = original.bounds
     return Prompt(owner, box, original, (x0 - growth, y0 - growth, x1 + growth, y1 + growth))
 
@@ -290,7 +296,7 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
             # What lies beyond adds only area outside the zone: if the part read already
             # spills, the whole mask does.
             outline = _outline(field, piece, region, window)
-            if outline is not None and review.spills(outline, prompt.original, zone):
+            if outline is not None and review.spills(outline, prompt.original, zone, settings.thresholds):
                 spilled = True
                 break
             outline = None
@@ -328,37 +334,25 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
     return Outcome(polygon, doubts=doubts, found=found, cut=bool(doubts))
 
 
-def _judged(outcome: Outcome, task: ObjectTask, span: float, zone: Polygon | None) -> Outcome:
-    """`outcome` with the review's doubts about it on its own. An object spanning `span`
-    mask pixels is too coarse at this resolution below review.COARSE_SPAN, and its size
-    doubts are put down to the resolution below review.SIZE_BLUR_SPAN: then TOO_COARSE
-    comes first."""
-    blurred = span < review.SIZE_BLUR_SPAN
-    if outcome.polygon is None:
-        return Outcome(None, Reason.TOO_COARSE) if span < review.COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS) \
-            else outcome
-    doubts = review.object_doubts(outcome, task.prompt.original, task.frame_size, zone)
-    if span < review.COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
-        doubts = [Reason.TOO_COARSE] + [reason for reason in doubts if reason not in SIZE_REASONS]
-    return replace(outcome, doubts=tuple(doubts))
-
-
 def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     """One object's judged outcome: SAM2's mask, or, when that is doubtful or empty, the
     best-rated of its alternatives that passes every check on its own."""
-    zone = None if task.prompt.original is None else review.allowed_zone(task.prompt.original)
+    thresholds = settings.thresholds
+    original = task.prompt.original
+    zone = None if original is None else review.allowed_zone(original, thresholds)
     span = coarseness(task.prompt.box, task.window, task.mask.grid)
     coarse = span < review.COARSE_SPAN
-    primary = _judged(
-        replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou, object_score=task.object_score),
-        task, span, zone,
-    )
+
+    def judged(outcome: Outcome) -> Outcome:
+        return review.judge_object(outcome, original, task.frame_size, span, thresholds, zone)
+
+    primary = judged(replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou,
+                             object_score=task.object_score))
     if primary.accepted or coarse or not task.candidates:
         return primary
     for k in sorted(range(len(task.candidates)), key=lambda k: -task.candidate_iou[k]):
-        alternative = replace(trace(task, task.candidates[k], settings, zone),
-                              predicted_iou=task.candidate_iou[k], object_score=task.object_score)
-        alternative = _judged(alternative, task, span, zone)
+        alternative = judged(replace(trace(task, task.candidates[k], settings, zone),
+                                     predicted_iou=task.candidate_iou[k], object_score=task.object_score))
         if alternative.accepted:
             return replace(alternative, recovered=why_not_accepted(primary))
     return primary
@@ -437,8 +431,11 @@ class LocationPlan:
 
 
 def plan_location(
-    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None], resolution: str
+    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None],
+    settings: RefineSettings,
 ) -> LocationPlan:
+    """The plan of one frame's originals (each a list of platform coordinates; `originals`
+    the areas they outline, which the review compares refinements with)."""
     width, height = frame_size
     outcomes: list[Outcome | None] = [None] * len(coordinates)
     prompts: list[Prompt] = []
@@ -447,18 +444,18 @@ def plan_location(
         if isinstance(box, Reason):
             outcomes[owner] = Outcome(None, box)
         else:
-            prompts.append(make_prompt(owner, box, original, frame_size))
+            prompts.append(make_prompt(owner, box, original, frame_size, settings.thresholds))
     return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], prompts,
-                        resolution)
+                        settings.resolution)
 
 
-def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = ()) -> list[Outcome]:
-    """The location's settled outcomes with the overlap check across them (and against
-    outlines an earlier run accepted here, before padding)."""
+def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings) -> list[Outcome]:
+    """The location's settled outcomes reviewed together (`review.review_location`: the
+    overlap check across them, and against outlines an earlier run accepted here, before
+    padding); an original the model never reached has an empty mask."""
     outcomes = [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in plan.outcomes]
-    refined = [outcome.outline_found for outcome in outcomes]
-    doubts = [list(outcome.doubts) for outcome in outcomes]
-    return review.with_overlap_doubts(outcomes, refined, doubts, plan.originals, accepted_elsewhere)
+    return review.review_location(plan.originals, outcomes, settings.padding, accepted_elsewhere, settings.thresholds,
+                                  plan.frame_size)
 
 
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
@@ -471,37 +468,3 @@ def crops_of(image: np.ndarray) -> WindowImages:
     return lambda window: np.ascontiguousarray(
         image[window.top:window.top + window.height, window.left:window.left + window.width]
     )
-
-
-def refine_frame(
-    predictor: MaskPredictor,
-    window_images: WindowImages,
-    frame_size: tuple[int, int],
-    originals: list[list[dict]],
-    settings: RefineSettings,
-    on_progress: Callable[[int], None] = lambda done: None,
-    outlines: list[Polygon | None] | None = None,
-    accepted_elsewhere: list[Polygon] = (),
-) -> list[Outcome]:
-    """Refine and judge the originals (each a list of platform coordinates) of one frame,
-    one step after another.
-
-    `frame_size` is (width, height) in image pixels. `outlines` are the areas the originals
-    outline, which the review compares refinements with (default: the polygons of their
-    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame.
-    `on_progress` receives how many originals are finished so far.
-    """
-    if outlines is None:
-        outlines = [outline_of_coordinates(points) for points in originals]
-    plan = plan_location(frame_size, originals, outlines, settings.resolution)
-    done = len(originals) - plan.prompt_count
-    on_progress(done)
-    predictor = adapt(predictor)
-    for window, prompts in plan.windows():
-        predictor.encode(window_images(window), window)
-        for tasks in decode_window(predictor, window, prompts, frame_size):
-            for owner, outcome in settle_all(tasks, settings):
-                plan.outcomes[owner] = outcome
-            done += len(tasks)
-            on_progress(done)
-    return finish_location(plan, accepted_elsewhere)

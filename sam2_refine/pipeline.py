@@ -1,5 +1,8 @@
 """A job's locations as a pipeline: every stage busy at once, each location in order.
 
+This is the one composition of the engine's steps: a job runs it over its locations, and
+`refine_frame` over one frame (the calibration and the tests refine through it).
+
 Stages, from the image to the platform:
 - fetch (threads): each window's image, up to `prefetch` windows ahead of the model, so
   waiting for the server overlaps everything else;
@@ -314,7 +317,7 @@ class Pipeline:
         """Each location's windows, in order (a location with none as one empty item: it
         may still have write-back to do)."""
         for work in works:
-            plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings.resolution)
+            plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings)
             location = _Location(work, plan)
             windows = plan.windows()
             placed = next(windows, None)
@@ -460,7 +463,7 @@ class Pipeline:
                 plan.outcomes[owner] = outcome
             done += count
             self._on_progress(work, done)
-        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere)
+        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
 
@@ -476,3 +479,31 @@ def run_pipeline(works: Iterable[LocationWork], *arguments, **options) -> StageC
     pipeline = Pipeline(*arguments, **options)
     pipeline.run(works)
     return pipeline.clock
+
+
+def refine_frame(
+    predictor: MaskPredictor | PredictorAdapter,
+    window_images: Callable[[Window], np.ndarray],
+    frame_size: tuple[int, int],
+    originals: list[list[dict]],
+    settings: RefineSettings,
+    on_progress: Callable[[int], None] = lambda done: None,
+    outlines: list[Polygon | None] | None = None,
+    accepted_elsewhere: list[Polygon] = (),
+) -> list[Outcome]:
+    """Refine and judge the originals (each a list of platform coordinates) of one frame:
+    the pipeline over this one location, its outlines settled in line.
+
+    `frame_size` is (width, height) in image pixels; `window_images` gives the image of a
+    window (engine.crops_of cuts them from a frame). `outlines` are the areas the originals
+    outline, which the review compares refinements with (default: the polygons of their
+    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame.
+    `on_progress` receives how many originals are finished so far.
+    """
+    if outlines is None:
+        outlines = [engine.outline_of_coordinates(points) for points in originals]
+    work = LocationWork(frame_size, originals, outlines, window_images, list(accepted_elsewhere))
+    finished: list[Outcome] = []
+    run_pipeline([work], lambda: predictor, settings, lambda location, outcomes: finished.extend(outcomes),
+                 lambda location, done: on_progress(done))
+    return finished

@@ -115,7 +115,7 @@ def test_the_next_location_is_refined_while_one_is_written():
 
 def windows_per_location() -> int:
     location = work("T0")
-    return len(list(plan_location((WIDTH, HEIGHT), location.coordinates, location.outlines, RESOLUTION_AUTO).windows()))
+    return len(list(plan_location((WIDTH, HEIGHT), location.coordinates, location.outlines, SETTINGS).windows()))
 
 
 @pytest.mark.parametrize("stage", ["fetch", "model", "write"])
