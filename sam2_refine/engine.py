@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from shapely.geometry import Polygon
@@ -36,7 +36,8 @@ from shapely.geometry import Polygon
 from . import geometry, review, tiling
 from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
-from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt, low_res_span
+from .lowres import LowRes, Region, crop_low_res, resize_crop, resize_region  # noqa: F401 (resize_region: earlier callers)
+from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt
 from .outcome import Outcome, Reason
 from .review import DEFAULT_THRESHOLDS, Thresholds
 from .tiling import Box
@@ -50,9 +51,6 @@ VANISHED = Reason.VANISHED
 # Times a mask reaching the edge of the area read is followed further (by the margin,
 # then by twice that) before it is cut.
 GROWTH_STEPS = 2
-
-# A region (col0, row0, col1, row1), end-exclusive, in window pixels unless named otherwise.
-Region = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -85,70 +83,6 @@ def outline_of_coordinates(coordinates: list[dict]) -> Polygon | None:
     """The area a polygon's coordinates outline (repaired if it crosses itself), for callers
     that give no outlines of their own."""
     return review.original_outline({"shape": "polygon", "coordinates": coordinates})
-
-
-# --- low-resolution logits ---------------------------------------------------------
-
-
-def _source_positions(start: int, stop: int, output_size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear sampling of output pixels [start, stop) from a grid of `source_size`, as
-    torch's interpolate(align_corners=False) does when resizing source -> output."""
-    position = (np.arange(start, stop) + 0.5) * (source_size / output_size) - 0.5
-    position = np.clip(position, 0.0, None)
-    lower = np.minimum(np.floor(position).astype(np.int64), source_size - 1)
-    upper = np.minimum(lower + 1, source_size - 1)
-    return lower, upper, (position - lower).astype(np.float32)
-
-
-def resize_region(
-    low_res: np.ndarray, window_height: int, window_width: int, region: Region
-) -> np.ndarray:
-    """The logits resized to the window, over `region` only.
-
-    `region` is (col0, row0, col1, row1) in window pixels, end-exclusive. The values equal
-    those of resizing the whole (h, w) logit grid to (window_height, window_width) with
-    bilinear interpolation, which is how SAM2 makes its full-size masks.
-    """
-    return resize_crop(LowRes(low_res, 0, 0, low_res.shape), window_height, window_width, region)
-
-
-@dataclass(frozen=True)
-class LowRes:
-    """Cells [row0, row0 + rows) x [col0, col0 + cols) of a low-resolution logit grid of
-    `grid` (rows, cols) cells stretched over the window; `values` holds them."""
-
-    values: np.ndarray
-    row0: int
-    col0: int
-    grid: tuple[int, int]
-
-
-def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),
-                 grid: tuple[int, int] | None = None) -> LowRes:
-    """The cells over the window that resizing reads for `area`, from `logits` (h, w): the
-    whole low-resolution grid, or a crop of a grid of `grid` cells starting at cell `origin`
-    (row, col) that holds them (DecodedMasks.origins)."""
-    rows, cols = grid or logits.shape
-    col_span = low_res_span(area[0], area[2], window.width, cols)
-    row_span = low_res_span(area[1], area[3], window.height, rows)
-    row0, col0 = origin
-    return LowRes(np.ascontiguousarray(logits[row_span.start - row0:row_span.stop - row0,
-                                              col_span.start - col0:col_span.stop - col0], dtype=np.float32),
-                  row_span.start, col_span.start, (rows, cols))
-
-
-def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: Region) -> np.ndarray:
-    """`resize_region` from the cells a crop holds (it must hold those `region` reads)."""
-    col0, row0, col1, row1 = region
-    grid_rows, grid_cols = low_res.grid
-    row_lo, row_hi, row_weight = _source_positions(row0, row1, window_height, grid_rows)
-    col_lo, col_hi, col_weight = _source_positions(col0, col1, window_width, grid_cols)
-    # The crop holds every cell read (see `crop_low_res`), so these stay within it.
-    row_lo, row_hi = row_lo - low_res.row0, row_hi - low_res.row0
-    col_lo, col_hi = col_lo - low_res.col0, col_hi - low_res.col0
-    values = low_res.values
-    rows = values[row_lo] * (1 - row_weight)[:, None] + values[row_hi] * row_weight[:, None]
-    return rows[:, col_lo] * (1 - col_weight) + rows[:, col_hi] * col_weight
 
 
 # --- where each object is read -------------------------------------------------------
@@ -337,6 +271,11 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
 def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     """One object's judged outcome: SAM2's mask, or, when that is doubtful or empty, the
     best-rated of its alternatives that passes every check on its own."""
+    return _settled(task, settings)[0]
+
+
+def _settled(task: ObjectTask, settings: RefineSettings) -> tuple[Outcome, LowRes]:
+    """`settle`'s outcome and the logits of the mask it came from."""
     thresholds = settings.thresholds
     original = task.prompt.original
     zone = None if original is None else review.allowed_zone(original, thresholds)
@@ -349,13 +288,13 @@ def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     primary = judged(replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou,
                              object_score=task.object_score))
     if primary.accepted or coarse or not task.candidates:
-        return primary
+        return primary, task.mask
     for k in sorted(range(len(task.candidates)), key=lambda k: -task.candidate_iou[k]):
         alternative = judged(replace(trace(task, task.candidates[k], settings, zone),
                                      predicted_iou=task.candidate_iou[k], object_score=task.object_score))
         if alternative.accepted:
-            return replace(alternative, recovered=why_not_accepted(primary))
-    return primary
+            return replace(alternative, recovered=why_not_accepted(primary)), task.candidates[k]
+    return primary, task.mask
 
 
 def why_not_accepted(outcome: Outcome) -> Reason:
@@ -363,9 +302,37 @@ def why_not_accepted(outcome: Outcome) -> Reason:
     return outcome.reason if outcome.polygon is None else review.primary_reason(outcome.doubts)
 
 
-def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[tuple[int, Outcome]]:
-    """(owner, outcome) for each task: one unit of work for a pool."""
-    return [(task.prompt.owner, settle(task, settings)) for task in tasks]
+@dataclass(frozen=True)
+class ObjectMask:
+    """The logits of the mask an object's outcome came from (image frame: the window they
+    lie on), over the cells its outline covers (and one to spare around them)."""
+
+    window: Window
+    logits: LowRes
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One object settled: its original's position in the location, its outcome, and the
+    logits its outline came from (None when it has none)."""
+
+    owner: int
+    outcome: Outcome
+    mask: ObjectMask | None
+
+
+def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled]:
+    """Each task settled: one unit of work for a pool."""
+    settled = []
+    for task in tasks:
+        outcome, logits = _settled(task, settings)
+        found = outcome.outline_found
+        mask = None
+        if found is not None:
+            x0, y0, x1, y1 = found.bounds
+            mask = ObjectMask(task.window, logits.cropped_to(_to_window((x0, y0, x1, y1), task.window), task.window))
+        settled.append(Settled(task.prompt.owner, outcome, mask))
+    return settled
 
 
 # --- one window ------------------------------------------------------------------------
@@ -411,14 +378,31 @@ def decode_window(
 @dataclass
 class LocationPlan:
     """One frame's originals as the engine works on them: the outcome of each original
-    that cannot prompt (None where it can), and its prompts. `windows()` places the windows
-    SAM2 sees, each with the prompts it holds, one at a time."""
+    (None until settled; set at once for one that cannot prompt), and its prompts.
+    `windows()` places the windows SAM2 sees, each with the prompts it holds, one at a time.
+    For each settled original, `mask` gives the logits its outline came from until the
+    location is finished (`finish_location` may read them)."""
 
     frame_size: tuple[int, int]
     outcomes: list[Outcome | None]
     originals: list[Polygon | None]
     prompts: list[Prompt]
     resolution: str
+    _settled: list = field(default_factory=list, repr=False)
+
+    def settle(self, settled) -> None:
+        """Record settled objects (`owners`, `outcomes`, and `mask(k)`, the logits the k-th
+        one's outline came from, read only when asked for: `mask`)."""
+        if not self._settled:
+            self._settled = [None] * len(self.outcomes)
+        for k, (owner, outcome) in enumerate(zip(settled.owners, settled.outcomes)):
+            self.outcomes[owner] = outcome
+            self._settled[owner] = (settled, k)
+
+    def mask(self, owner: int) -> ObjectMask | None:
+        """The logits the original's outline came from (None: it has none, or is not settled)."""
+        found = self._settled[owner] if self._settled else None
+        return None if found is None else found[0].mask(found[1])
 
     @property
     def prompt_count(self) -> int:

@@ -9,8 +9,8 @@ Stages, from the image to the platform:
 - model (the calling thread): SAM2 encodes each window (several at once where the
   predictor can batch them) and decodes its boxes, batch by batch; each batch becomes
   the objects' `engine.ObjectTask`s;
-- outline (processes, one per CPU the job may use; in line when there is one): each task
-  settled (`engine.settle_all`: outline, review, SAM2's alternatives);
+- outline (processes, one per CPU the job may use; in line when there is one): the tasks,
+  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives);
 - finish (one thread): once a location's objects are all settled, the overlap check of the
   location, then the caller's `finish` (decide and write back), one location at a time
   and in order, while the stages above work on the locations after it.
@@ -27,34 +27,33 @@ FINISH_GRACE seconds have passed.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import queue
-import signal
+import resource
 import sys
 import threading
 import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 from shapely.geometry import Polygon
 
 from . import engine
-from .engine import LocationPlan, Prompt, RefineSettings
-from .seam import MaskPredictor, PredictorAdapter, Window, adapt
+from .engine import LocationPlan, ObjectTask, Prompt, RefineSettings
 from .outcome import Outcome
+from .outlines import TaskChunk, outline_executor, settle_timed
+from .seam import MaskPredictor, PredictorAdapter, Window, adapt
 
 PREFETCH = 4               # window images fetched ahead of the model
 FETCH_THREADS = 3          # requests for window images at once
 MAX_OBJECTS_IN_FLIGHT = 512
+CHUNK = 64                 # objects per unit of outline work (fewer, larger messages between processes)
 FINISH_QUEUE = 2           # locations settled or being settled, waiting to be finished
 FINISH_GRACE = 5.0         # seconds a cancel waits for the location being written
 POLL = 0.2                 # seconds between checks for a stop while waiting on a stage
-WATCH_SECONDS = 0.5        # how often an outline process checks that the worker is still there
 
 
 @dataclass
@@ -79,32 +78,35 @@ class StageClock:
     """Seconds spent per stage, summed over the threads or processes doing it: "fetch",
     "encode", "decode", "outline" (settling tasks), "review" (the location's overlap
     check), "write" (the caller's finish), and the waits "model waited for images" and
-    "finish waited for outlines"."""
+    "finish waited for outlines"; and the CPU seconds of each stage this process ran
+    (`cpu`: threads' CPU time, so the job's own process can be told from the rest)."""
 
     def __init__(self) -> None:
         self.seconds: Counter = Counter()
+        self.cpu: Counter = Counter()
         self._lock = threading.Lock()
 
-    def add(self, stage: str, seconds: float) -> None:
+    def add(self, stage: str, seconds: float, cpu: float = 0.0) -> None:
         with self._lock:
             self.seconds[stage] += seconds
+            self.cpu[stage] += cpu
 
     def timed(self, stage: str, call: Callable, *args):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return call(*args)
         finally:
-            self.add(stage, time.perf_counter() - start)
+            self.add(stage, time.perf_counter() - start, time.thread_time() - cpu)
 
     def summary(self) -> str:
         return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.seconds.items())
 
-
-def settle_timed(tasks: list, settings: RefineSettings) -> tuple[list[tuple[int, Outcome]], float]:
-    """`engine.settle_all` with the seconds it took (in whichever process runs it)."""
-    start = time.perf_counter()
-    settled = engine.settle_all(tasks, settings)
-    return settled, time.perf_counter() - start
+    def cpu_summary(self) -> str:
+        """This process's CPU seconds so far (all its threads; other processes not counted),
+        then those of each stage it ran; the rest went to reading, planning, start-up."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.cpu.items() if seconds >= 0.005)
+        return f"{usage.ru_utime + usage.ru_stime:.2f} ({stages})"
 
 
 class _Budget:
@@ -128,69 +130,6 @@ class _Budget:
         with self._changed:
             self._used -= count
             self._changed.notify_all()
-
-
-class _InLine(Executor):
-    """Runs each task at once, in the calling thread (one CPU: nothing to gain elsewhere)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # handed to whoever waits on the future
-            future.set_exception(error)
-        return future
-
-
-def _ready() -> None:
-    """A no-op for each outline process, so they start while the model loads."""
-
-
-def _start_outline_process(worker_pid: int) -> None:
-    """An outline process ends when the worker does, even when the worker is killed
-    outright (its pool's queues would wait for it forever: the processes hold each other's
-    ends of them); ^C is the worker's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while not _gone(worker_pid):
-            time.sleep(WATCH_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` has ended: no longer there, or (Linux) dead but not yet
-    reaped by its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-
-def outline_executor(workers: int) -> Executor:
-    """`workers` processes for the outline stage (in line when 1). They are forked from a
-    fresh server process that has imported the engine (never from this process, whose
-    threads and model must not be copied)."""
-    if workers <= 1:
-        return _InLine()
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["sam2_refine.engine"])
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_outline_process,
-                                   initargs=(os.getpid(),))
-    for _ in range(workers):
-        executor.submit(_ready)
-    return executor
 
 
 # What follows a location's last batch: all its windows are decoded, or the model stage
@@ -360,6 +299,16 @@ class Pipeline:
             location.batches.put(_COMPLETE)
             open_locations.remove(location)
 
+        # Tasks of the location being decoded, sent to the outline stage CHUNK at a time.
+        pending: list[ObjectTask] = []
+
+        def send(location: _Location) -> None:
+            if pending:
+                budget.take(len(pending))
+                location.batches.put((outlines.submit(settle_timed, TaskChunk(list(pending)), self._settings),
+                                      len(pending)))
+                pending.clear()
+
         try:
             top_up()
             while ahead:
@@ -385,9 +334,11 @@ class Pipeline:
                     self.clock.timed("encode", predictor.use, encoding)
                     batches = engine.decode_window(predictor, item.window, item.prompts, item.location.plan.frame_size)
                     while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
-                        budget.take(len(tasks))
-                        item.location.batches.put((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
+                        pending.extend(tasks)
+                        if len(pending) >= CHUNK:
+                            send(item.location)
                     if item.last_of_location:
+                        send(item.location)
                         complete(item.location)
                 del images, encoded, group
                 if failed_fetch is not None:
@@ -459,8 +410,7 @@ class Pipeline:
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
             budget.give(count)
-            for owner, outcome in settled:
-                plan.outcomes[owner] = outcome
+            plan.settle(settled)
             done += count
             self._on_progress(work, done)
         outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings)

@@ -292,6 +292,7 @@ def run_compute(
                              lambda work, done: _progress(work, done, tally, reporter), workers, log=reporter.log)
         where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
+        reporter.log(f"main process CPU seconds: {clock.cpu_summary()}")
         writer.finish()
     except WorkerError as error:
         _report_skipped(tally.skipped, reporter)

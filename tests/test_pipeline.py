@@ -294,3 +294,36 @@ def test_the_encoder_gets_as_many_windows_at_once_as_the_predictor_takes():
                  RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME), finished)
     assert finished.finished == names
     assert max(batches) == 8 and sum(batches) == 16
+
+
+def test_settled_objects_cross_processes_whole_and_their_logits_stay_reachable(monkeypatch):
+    """With outline processes: every outcome comes back as settled in line, and the finish
+    step can read, for each object, the logits its outline came from, over its outline."""
+    from sam2_refine import engine, pipeline
+
+    seen: dict[str, list] = {}
+    real_finish = engine.finish_location
+
+    def finish_location(plan, accepted_elsewhere, settings):
+        seen.setdefault("masks", []).extend(plan.mask(owner) for owner in range(len(plan.outcomes)))
+        return real_finish(plan, accepted_elsewhere, settings)
+
+    monkeypatch.setattr(pipeline.engine, "finish_location", finish_location)
+    in_line, in_processes = Recorder(), Recorder()
+    run_pipeline([work("T0")], lambda: OraclePredictor(SHAPES), SETTINGS, in_line, workers=1)
+    run_pipeline([work("T0")], lambda: OraclePredictor(SHAPES), SETTINGS, in_processes, workers=2)
+    for a, b in zip(in_line.outcomes["T0"], in_processes.outcomes["T0"]):
+        assert a.polygon.equals_exact(b.polygon, 0) and a.found.equals_exact(b.found, 0)
+        assert (a.doubts, a.predicted_iou, a.cut, a.judged) == (b.doubts, b.predicted_iou, b.cut, b.judged)
+    masks = seen["masks"][len(SHAPES):]  # the run in processes
+    for outcome, mask in zip(in_processes.outcomes["T0"], masks):
+        x0, y0, x1, y1 = outcome.found.bounds
+        logits = mask.logits
+        window = mask.window
+        rows, cols = logits.grid
+        # the cells cover the outline's bounds (window frame)
+        assert logits.col0 * window.width / cols <= x0 - window.left + 1
+        assert logits.row0 * window.height / rows <= y0 - window.top + 1
+        assert (logits.col0 + logits.values.shape[1]) * window.width / cols >= x1 - window.left - 1
+        assert (logits.row0 + logits.values.shape[0]) * window.height / rows >= y1 - window.top - 1
+        assert (logits.values > 0).any()
