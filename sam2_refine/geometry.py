@@ -41,8 +41,8 @@ MITRE_LIMIT = 2.0  # how far a mitred corner may reach, in offset distances
 def largest_piece(mask: np.ndarray) -> np.ndarray | None:
     """The largest 4-connected piece of `mask` (same shape, bool, holes not filled); None if empty."""
     labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
-    if count == 0:
-        return None
+    if count <= 1:
+        return np.asarray(mask, dtype=bool) if count else None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
@@ -52,8 +52,8 @@ def piece_at(mask: np.ndarray, row: int, col: int) -> np.ndarray | None:
     """The 4-connected piece of `mask` holding pixel (row, col); None if that pixel is outside."""
     if not mask[row, col]:
         return None
-    labels, _ = ndimage.label(mask, structure=_FOUR_CONNECTED)
-    return labels == labels[row, col]
+    labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
+    return np.asarray(mask, dtype=bool) if count == 1 else labels == labels[row, col]
 
 
 def touched_sides(piece: np.ndarray) -> tuple[bool, bool, bool, bool]:

@@ -255,6 +255,8 @@ def spills(
         return False
     limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
     zone = allowed_zone(original, thresholds) if zone is None else zone
+    if zone.contains(refined):  # nothing outside (most refinements: a few times cheaper to tell)
+        return False
     return _share_outside(refined, zone) > limit
 
 
@@ -277,7 +279,7 @@ def widest_margin(refined: Polygon, original: Polygon) -> float:
 
 def free_edge_length(refined: Polygon, frame_size: FrameSize | None) -> float:
     """The length of the refinement's outline that does not run along the image's edge."""
-    if frame_size is None:
+    if not cut_by_frame(refined, frame_size):  # no edge runs along the image's edge
         return refined.exterior.length
     width, height = frame_size
     points = np.asarray(refined.exterior.coords)
