@@ -321,8 +321,12 @@ def polygon_to_coordinates(polygon: Polygon) -> list[dict[str, float]]:
 
 def coordinates_to_points(coordinates: list[dict]) -> np.ndarray:
     """(N, 2) array of (x, y) from platform coordinates; non-finite points are dropped."""
-    points = np.array(
-        [(float(c.get("x", np.nan)), float(c.get("y", np.nan))) for c in coordinates if isinstance(c, dict)],
-        dtype=np.float64,
-    ).reshape(-1, 2)
-    return points[np.isfinite(points).all(axis=1)]
+    try:  # well-formed coordinates, the platform's: one pass
+        points = np.array([(c["x"], c["y"]) for c in coordinates], dtype=np.float64).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError, IndexError):
+        points = np.array(
+            [(float(c.get("x", np.nan)), float(c.get("y", np.nan))) for c in coordinates if isinstance(c, dict)],
+            dtype=np.float64,
+        ).reshape(-1, 2)
+    finite = np.isfinite(points).all(axis=1)
+    return points if finite.all() else points[finite]
