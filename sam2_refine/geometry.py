@@ -150,26 +150,32 @@ def piece_outline(field: np.ndarray, piece: np.ndarray, offset: tuple[float, flo
     if rows.size == 0:
         return None
     height, width = field.shape
+    touched = rows[0] == 0 or cols[0] == 0 or rows[-1] == height - 1 or cols[-1] == width - 1
     # One pixel of context around the piece, where the field has it.
     row0, row1 = max(rows[0] - 1, 0), min(rows[-1] + 2, height)
     col0, col1 = max(cols[0] - 1, 0), min(cols[-1] + 2, width)
     crop = field[row0:row1, col0:col1]
     inside = piece[row0:row1, col0:col1]
-    # Beyond the field's edge: the edge values once more, then far outside, so the outline
-    # closes outside the field and clipping to the field's rectangle cuts it on the edge.
-    values = np.full((row1 - row0 + 4, col1 - col0 + 4), _OUTSIDE)
-    core = values[2:-2, 2:-2]
-    core[...] = np.where(inside, crop, np.minimum(crop, -1e-6))
-    values[1, 2:-2], values[-2, 2:-2] = core[0], core[-1]
-    values[1:-1, 1], values[1:-1, -2] = values[1:-1, 2], values[1:-1, -3]
+    piece_values = np.where(inside, crop, np.minimum(crop, -1e-6)).astype(np.float64, copy=False)
+    if touched:
+        # Beyond the field's edge: the edge values once more, then far outside, so the outline
+        # closes outside the field and clipping to the field's rectangle cuts it on the edge.
+        values = np.full((row1 - row0 + 4, col1 - col0 + 4), _OUTSIDE)
+        core = values[2:-2, 2:-2]
+        core[...] = piece_values
+        values[1, 2:-2], values[-2, 2:-2] = core[0], core[-1]
+        values[1:-1, 1], values[1:-1, -2] = values[1:-1, 2], values[1:-1, -3]
+        pad = 2
+    else:  # the context pixels all round are below zero: the outline closes within them
+        values, pad = piece_values, 0
     ring_rows, ring_cols = outer_ring(values)
-    # Padded crop index -> field index (-2 + crop start) -> platform point at the pixel centre (+0.5).
-    x = ring_cols + (col0 - 2 + 0.5 + offset[0])
-    y = ring_rows + (row0 - 2 + 0.5 + offset[1])
+    # Crop index -> field index (crop start - padding) -> platform point at the pixel centre (+0.5).
+    x = ring_cols + (col0 - pad + 0.5 + offset[0])
+    y = ring_rows + (row0 - pad + 0.5 + offset[1])
     polygon: BaseGeometry = Polygon(np.column_stack([x, y]))
     if not polygon.is_valid:
         polygon = shapely.make_valid(polygon)
-    if any(touched_sides(piece)):
+    if touched:
         polygon = polygon.intersection(box(offset[0], offset[1], offset[0] + width, offset[1] + height))
     return largest_polygon(polygon)
 
