@@ -154,6 +154,27 @@ def decode_area(prompt: Prompt, window: Window, frame_size: tuple[int, int]) -> 
     return max(0, col0 - reach), max(0, row0 - reach), min(window.width, col1 + reach), min(window.height, row1 + reach)
 
 
+def decode_areas(prompts: list[Prompt], window: Window, frame_size: tuple[int, int]) -> np.ndarray:
+    """`decode_area` of each prompt, (N, 4) int64, computed for the batch at once."""
+    width, height = frame_size
+    boxes = np.array([(p.box.x0, p.box.y0, p.box.x1, p.box.y1) for p in prompts], dtype=np.float64)
+    zones = np.array([p.zone_bounds if p.zone_bounds is not None else (np.nan,) * 4 for p in prompts],
+                     dtype=np.float64).reshape(-1, 4)
+    margin = np.maximum(tiling.MIN_MARGIN, tiling.MARGIN_FRACTION * np.maximum(boxes[:, 2] - boxes[:, 0],
+                                                                                boxes[:, 3] - boxes[:, 1]))
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    lower = np.maximum(np.floor(boxes[:, :2] - margin[:, None]), 0.0)  # tiling.search_area
+    upper = np.minimum(np.ceil(boxes[:, 2:] + margin[:, None]), limits[2:])
+    lower = np.maximum(np.fmin(lower, zones[:, :2]), 0.0)              # first_read
+    upper = np.minimum(np.fmax(upper, zones[:, 2:]), limits[2:])
+    origin = np.array([window.left, window.top], dtype=np.float64)
+    size = np.array([window.width, window.height], dtype=np.float64)
+    lower = np.maximum(np.floor(lower) - origin, 0.0)                   # _to_window
+    upper = np.minimum(np.ceil(upper) - origin, size)
+    reach = (np.ceil(margin) * (2 ** GROWTH_STEPS - 1))[:, None]
+    return np.concatenate([np.maximum(lower - reach, 0.0), np.minimum(upper + reach, size)], axis=1).astype(np.int64)
+
+
 def coarseness(box: Box, window: Window, grid: tuple[int, int]) -> float:
     """How many low-resolution mask pixels the box spans along its shorter side."""
     rows, cols = grid
@@ -353,8 +374,9 @@ def decode_window(
         batch = prompts[start:start + batch_size]
         boxes = np.array([[p.box.x0 - window.left, p.box.y0 - window.top, p.box.x1 - window.left,
                            p.box.y1 - window.top] for p in batch], dtype=np.float32)
-        areas = [decode_area(p, window, frame_size) for p in batch]
-        decoded: DecodedMasks = predictor.decode(boxes, np.array(areas, dtype=np.int64))
+        area_array = decode_areas(batch, window, frame_size)
+        areas = [tuple(area) for area in area_array.tolist()]
+        decoded: DecodedMasks = predictor.decode(boxes, area_array)
         grid = decoded.grid_shape
         tasks = []
         for k, (prompt, area) in enumerate(zip(batch, areas)):

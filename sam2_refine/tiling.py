@@ -35,6 +35,8 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from .seam import Window
 
 MIN_LOW_RES_SPAN = 16  # low-resolution mask pixels an object's box should span
@@ -122,12 +124,12 @@ def _best_left(
         and areas[i][2] - areas[i][0] <= side
     ]
     candidates = {min(col0, highest)} | {a[0] for a in eligible} | {a[2] - side for a in eligible}
-    candidates = sorted(c for c in candidates if lowest <= c <= highest)
-
-    def held(left: int) -> int:
-        return sum(1 for a in eligible if left <= a[0] and a[2] <= left + side)
-
-    return max(candidates, key=lambda left: (held(left), -abs(left - col0)))
+    lefts = np.array(sorted(c for c in candidates if lowest <= c <= highest), dtype=np.int64)
+    starts = np.array([a[0] for a in eligible], dtype=np.int64)
+    ends = np.array([a[2] for a in eligible], dtype=np.int64)
+    held = ((lefts[:, None] <= starts) & (ends <= lefts[:, None] + side)).sum(axis=1)
+    # Most held, then nearest `first`'s left edge, then the leftmost (the first of equals).
+    return int(lefts[np.lexsort((np.abs(lefts - col0), -held))[0]])
 
 
 def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:

@@ -318,3 +318,26 @@ def test_the_thresholds_in_the_settings_decide(frame):
                      RefineSettings(0, 0, RESOLUTION_AUTO, review.Thresholds(max_overlap_share=1.5)))
     assert sorted(o.doubts for o in default) == [(), (Reason.OVERLAPS_ANOTHER,)]
     assert [o.doubts for o in sharing] == [(), ()]
+
+
+def test_a_batch_of_decode_areas_is_each_objects_decode_area():
+    """decode_window computes its batch's areas at once: the same as one by one."""
+    rng = np.random.default_rng(8)
+    frame = (3000, 1800)
+    for _ in range(50):
+        window = engine.Window(int(rng.integers(0, 2000)), int(rng.integers(0, 1000)), int(rng.integers(64, 1000)),
+                               int(rng.integers(64, 800)))
+        prompts = []
+        for owner in range(16):
+            x, y = rng.uniform(window.left - 50, window.left + window.width), rng.uniform(window.top - 50, window.top + window.height)
+            size = rng.uniform(2, 200)
+            shape = Disk(x, y, size / 2)
+            rough = shape.rough_outline(rng.uniform(-2, 10))
+            box = engine.prompt_box(rough, *frame)
+            if isinstance(box, Reason):
+                continue
+            original = engine.outline_of_coordinates(rough) if owner % 3 else None
+            prompts.append(engine.make_prompt(owner, box, original, frame))
+        if prompts:
+            expected = [engine.decode_area(p, window, frame) for p in prompts]
+            assert [tuple(a) for a in engine.decode_areas(prompts, window, frame).tolist()] == expected
