@@ -158,6 +158,22 @@ class _Window:
     last_of_location: bool = True
 
 
+def _windows(works: Iterable[LocationWork], settings: RefineSettings) -> Iterator[_Window]:
+    """Each location's windows, in order (a location with none as one empty item: it may
+    still have write-back to do)."""
+    for work in works:
+        plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, settings)
+        location = _Location(work, plan)
+        windows = plan.windows()
+        placed = next(windows, None)
+        if placed is None:
+            yield _Window(location, None, [])
+        while placed is not None:
+            upcoming = next(windows, None)
+            yield _Window(location, *placed, last_of_location=upcoming is None)
+            placed = upcoming
+
+
 class Pipeline:
     """One run over a job's locations (see the module)."""
 
@@ -252,26 +268,11 @@ class Pipeline:
 
     # --- model stage (the calling thread) ---------------------------------------------
 
-    def _windows(self, works: Iterable[LocationWork]) -> Iterator[_Window]:
-        """Each location's windows, in order (a location with none as one empty item: it
-        may still have write-back to do)."""
-        for work in works:
-            plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings)
-            location = _Location(work, plan)
-            windows = plan.windows()
-            placed = next(windows, None)
-            if placed is None:
-                yield _Window(location, None, [])
-            while placed is not None:
-                upcoming = next(windows, None)
-                yield _Window(location, *placed, last_of_location=upcoming is None)
-                placed = upcoming
-
     def _model_stage(
         self, works: Iterable[LocationWork], fetcher: Executor, outlines: Executor, budget: _Budget,
         finishing: queue.Queue,
     ) -> None:
-        windows = self._windows(works)
+        windows = _windows(works, self._settings)
         ahead: deque[_Window] = deque()
 
         def top_up() -> None:

@@ -23,6 +23,12 @@ along the image's edge counts for nothing (the cell goes on beyond it), and a re
 that reaches the image's edge is not judged by its box's margins (how large the cell is,
 so how loose its box may be, is unknown there).
 
+The thresholds are passed in (`Thresholds`; the engine takes the job's from its settings),
+to the review's two entry points: `judge_object`, one refinement on its own (the engine judges
+each of SAM2's masks for an object with it, to choose among them), and `review_location`, a
+location's outcomes together (those not judged yet are judged, then the overlap check,
+overlap.py, runs across them).
+
 All geometry is in image pixels (x = column, y = row). The thresholds are fitted by
 `python -m tests.calibration` on synthetic cells 8-150 px across outlined as people
 outline them, and reported on a held-out half; README "Guarantees" quotes the figures.
