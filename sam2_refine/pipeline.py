@@ -106,7 +106,7 @@ class StageClock:
         then those of each stage it ran; the rest went to reading, planning, start-up."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.cpu.items() if seconds >= 0.005)
-        return f"{usage.ru_utime + usage.ru_stime:.2f} ({stages})"
+        return f"{usage.ru_utime + usage.ru_stime:.2f}" + (f" ({stages})" if stages else "")
 
 
 class _Budget:
