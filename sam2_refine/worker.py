@@ -27,7 +27,7 @@ from .nimbus import FrameGeometry, Platform
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import LocationWork, run_pipeline
-from .review import ADVICE, original_outline, unpadded
+from .review import ADVICE, DEFAULT_THRESHOLDS, original_outline, unpadded
 from .seam import PredictorAdapter, adapt
 from .writeback import Counterpart, Refined, Unfinished, WriteBack, is_output_of, read_job, run_key
 
@@ -271,7 +271,8 @@ def run_compute(
         reporter.progress(0.01, f"Loading {params.model_name}", force=True)
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare(job)
-    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
+    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution,
+                              thresholds=DEFAULT_THRESHOLDS)  # what every refinement is judged by
 
     def predictor() -> PredictorAdapter:
         loaded = adapt(load_predictor(params.checkpoint_path))
