@@ -18,15 +18,17 @@ is cut there and flagged `SPILLS_OUTSIDE`; one reaching the edge of the window S
 (not the frame's) is cut there and flagged `REACHES_VIEW_EDGE`. So a noise mask costs a
 small multiple of a real one, and a cut outline never replaces its original.
 
-`refine_frame` runs these steps one after another for one frame; `pipeline.py` runs the
-same steps for a whole job side by side.
+Every judgement uses the thresholds of the job's settings (`RefineSettings.thresholds`),
+through review.py's two entry points: `review.judge_object` for each mask on its own, and
+`review.review_location` for a location's outcomes together (`finish_location`).
+`pipeline.py` composes these steps, for a whole job or for one frame (`pipeline.refine_frame`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from shapely.geometry import Polygon
@@ -34,8 +36,10 @@ from shapely.geometry import Polygon
 from . import geometry, review, tiling
 from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
-from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks, low_res_span
+from .lowres import LowRes, Region, crop_low_res, resize_crop, resize_region  # noqa: F401 (resize_region: earlier callers)
+from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt
 from .outcome import Outcome, Reason
+from .review import DEFAULT_THRESHOLDS, Thresholds
 from .tiling import Box
 
 # Kept for callers of the first release.
@@ -44,21 +48,20 @@ OUTSIDE = Reason.OUTSIDE
 EMPTY_MASK = Reason.EMPTY_MASK
 VANISHED = Reason.VANISHED
 
-# Below review.SIZE_BLUR_SPAN, these are put down to SAM2's resolution (TOO_COARSE).
-SIZE_REASONS = (Reason.MUCH_SMALLER, Reason.EMPTY_MASK)
 # Times a mask reaching the edge of the area read is followed further (by the margin,
 # then by twice that) before it is cut.
 GROWTH_STEPS = 2
 
-# A region (col0, row0, col1, row1), end-exclusive, in window pixels unless named otherwise.
-Region = tuple[int, int, int, int]
-
 
 @dataclass(frozen=True)
 class RefineSettings:
+    """A job's settings for the engine: Smoothing and Padding (pixels), Resolution, and the
+    thresholds every refinement is judged by."""
+
     smoothing: float
     padding: float
     resolution: str
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
 def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason:
@@ -80,65 +83,6 @@ def outline_of_coordinates(coordinates: list[dict]) -> Polygon | None:
     """The area a polygon's coordinates outline (repaired if it crosses itself), for callers
     that give no outlines of their own."""
     return review.original_outline({"shape": "polygon", "coordinates": coordinates})
-
-
-# --- low-resolution logits ---------------------------------------------------------
-
-
-def _source_positions(start: int, stop: int, output_size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear sampling of output pixels [start, stop) from a grid of `source_size`, as
-    torch's interpolate(align_corners=False) does when resizing source -> output."""
-    position = (np.arange(start, stop) + 0.5) * (source_size / output_size) - 0.5
-    position = np.clip(position, 0.0, None)
-    lower = np.minimum(np.floor(position).astype(np.int64), source_size - 1)
-    upper = np.minimum(lower + 1, source_size - 1)
-    return lower, upper, (position - lower).astype(np.float32)
-
-
-def resize_region(
-    low_res: np.ndarray, window_height: int, window_width: int, region: Region
-) -> np.ndarray:
-    """The logits resized to the window, over `region` only.
-
-    `region` is (col0, row0, col1, row1) in window pixels, end-exclusive. The values equal
-    those of resizing the whole (h, w) logit grid to (window_height, window_width) with
-    bilinear interpolation, which is how SAM2 makes its full-size masks.
-    """
-    return resize_crop(LowRes(low_res, 0, 0, low_res.shape), window_height, window_width, region)
-
-
-@dataclass(frozen=True)
-class LowRes:
-    """Cells [row0, row0 + rows) x [col0, col0 + cols) of a low-resolution logit grid of
-    `grid` (rows, cols) cells stretched over the window; `values` holds them."""
-
-    values: np.ndarray
-    row0: int
-    col0: int
-    grid: tuple[int, int]
-
-
-def crop_low_res(logits: np.ndarray, area: Region, window: Window) -> LowRes:
-    """The cells of `logits` (h, w) over the window that resizing reads for `area`."""
-    rows, cols = logits.shape
-    col_span = low_res_span(area[0], area[2], window.width, cols)
-    row_span = low_res_span(area[1], area[3], window.height, rows)
-    return LowRes(np.ascontiguousarray(logits[row_span.start:row_span.stop, col_span.start:col_span.stop],
-                                       dtype=np.float32), row_span.start, col_span.start, (rows, cols))
-
-
-def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: Region) -> np.ndarray:
-    """`resize_region` from the cells a crop holds (it must hold those `region` reads)."""
-    col0, row0, col1, row1 = region
-    grid_rows, grid_cols = low_res.grid
-    row_lo, row_hi, row_weight = _source_positions(row0, row1, window_height, grid_rows)
-    col_lo, col_hi, col_weight = _source_positions(col0, col1, window_width, grid_cols)
-    # The crop holds every cell read (see `crop_low_res`), so these stay within it.
-    row_lo, row_hi = row_lo - low_res.row0, row_hi - low_res.row0
-    col_lo, col_hi = col_lo - low_res.col0, col_hi - low_res.col0
-    values = low_res.values
-    rows = values[row_lo] * (1 - row_weight)[:, None] + values[row_hi] * row_weight[:, None]
-    return rows[:, col_lo] * (1 - col_weight) + rows[:, col_hi] * col_weight
 
 
 # --- where each object is read -------------------------------------------------------
@@ -163,13 +107,14 @@ class Prompt:
     zone_bounds: tuple[float, float, float, float] | None
 
 
-def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int]) -> Prompt:
+def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int],
+                thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Prompt:
     """`original` is judged as the review judges it: clipped to the image."""
     original = review.within_frame(original, frame_size)
     if original is None:
         return Prompt(owner, box, None, None)
     # A round buffer's bounds are the original's, grown by the buffer distance.
-    growth = review.spill_growth(original)
+    growth = review.spill_growth(original, thresholds)
     x0, y0, x1, y1 = original.bounds
     return Prompt(owner, box, original, (x0 - growth, y0 - growth, x1 + growth, y1 + growth))
 
@@ -207,6 +152,27 @@ def decode_area(prompt: Prompt, window: Window, frame_size: tuple[int, int]) -> 
     reach = growth_step(prompt.box) * (2 ** GROWTH_STEPS - 1)
     col0, row0, col1, row1 = first_read(prompt, window, frame_size)
     return max(0, col0 - reach), max(0, row0 - reach), min(window.width, col1 + reach), min(window.height, row1 + reach)
+
+
+def decode_areas(prompts: list[Prompt], window: Window, frame_size: tuple[int, int]) -> np.ndarray:
+    """`decode_area` of each prompt, (N, 4) int64, computed for the batch at once."""
+    width, height = frame_size
+    boxes = np.array([(p.box.x0, p.box.y0, p.box.x1, p.box.y1) for p in prompts], dtype=np.float64)
+    zones = np.array([p.zone_bounds if p.zone_bounds is not None else (np.nan,) * 4 for p in prompts],
+                     dtype=np.float64).reshape(-1, 4)
+    margin = np.maximum(tiling.MIN_MARGIN, tiling.MARGIN_FRACTION * np.maximum(boxes[:, 2] - boxes[:, 0],
+                                                                                boxes[:, 3] - boxes[:, 1]))
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    lower = np.maximum(np.floor(boxes[:, :2] - margin[:, None]), 0.0)  # tiling.search_area
+    upper = np.minimum(np.ceil(boxes[:, 2:] + margin[:, None]), limits[2:])
+    lower = np.maximum(np.fmin(lower, zones[:, :2]), 0.0)              # first_read
+    upper = np.minimum(np.fmax(upper, zones[:, 2:]), limits[2:])
+    origin = np.array([window.left, window.top], dtype=np.float64)
+    size = np.array([window.width, window.height], dtype=np.float64)
+    lower = np.maximum(np.floor(lower) - origin, 0.0)                   # _to_window
+    upper = np.minimum(np.ceil(upper) - origin, size)
+    reach = (np.ceil(margin) * (2 ** GROWTH_STEPS - 1))[:, None]
+    return np.concatenate([np.maximum(lower - reach, 0.0), np.minimum(upper + reach, size)], axis=1).astype(np.int64)
 
 
 def coarseness(box: Box, window: Window, grid: tuple[int, int]) -> float:
@@ -285,7 +251,7 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
             # What lies beyond adds only area outside the zone: if the part read already
             # spills, the whole mask does.
             outline = _outline(field, piece, region, window)
-            if outline is not None and review.spills(outline, prompt.original, zone):
+            if outline is not None and review.spills(outline, prompt.original, zone, settings.thresholds):
                 spilled = True
                 break
             outline = None
@@ -323,40 +289,33 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
     return Outcome(polygon, doubts=doubts, found=found, cut=bool(doubts))
 
 
-def _judged(outcome: Outcome, task: ObjectTask, span: float, zone: Polygon | None) -> Outcome:
-    """`outcome` with the review's doubts about it on its own. An object spanning `span`
-    mask pixels is too coarse at this resolution below review.COARSE_SPAN, and its size
-    doubts are put down to the resolution below review.SIZE_BLUR_SPAN: then TOO_COARSE
-    comes first."""
-    blurred = span < review.SIZE_BLUR_SPAN
-    if outcome.polygon is None:
-        return Outcome(None, Reason.TOO_COARSE) if span < review.COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS) \
-            else outcome
-    doubts = review.object_doubts(outcome, task.prompt.original, task.frame_size, zone)
-    if span < review.COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
-        doubts = [Reason.TOO_COARSE] + [reason for reason in doubts if reason not in SIZE_REASONS]
-    return replace(outcome, doubts=tuple(doubts))
-
-
 def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
     """One object's judged outcome: SAM2's mask, or, when that is doubtful or empty, the
     best-rated of its alternatives that passes every check on its own."""
-    zone = None if task.prompt.original is None else review.allowed_zone(task.prompt.original)
+    return _settled(task, settings)[0]
+
+
+def _settled(task: ObjectTask, settings: RefineSettings) -> tuple[Outcome, LowRes]:
+    """`settle`'s outcome and the logits of the mask it came from."""
+    thresholds = settings.thresholds
+    original = task.prompt.original
+    zone = None if original is None else review.allowed_zone(original, thresholds)
     span = coarseness(task.prompt.box, task.window, task.mask.grid)
     coarse = span < review.COARSE_SPAN
-    primary = _judged(
-        replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou, object_score=task.object_score),
-        task, span, zone,
-    )
+
+    def judged(outcome: Outcome) -> Outcome:
+        return review.judge_object(outcome, original, task.frame_size, span, thresholds, zone)
+
+    primary = judged(replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou,
+                             object_score=task.object_score))
     if primary.accepted or coarse or not task.candidates:
-        return primary
+        return primary, task.mask
     for k in sorted(range(len(task.candidates)), key=lambda k: -task.candidate_iou[k]):
-        alternative = replace(trace(task, task.candidates[k], settings, zone),
-                              predicted_iou=task.candidate_iou[k], object_score=task.object_score)
-        alternative = _judged(alternative, task, span, zone)
+        alternative = judged(replace(trace(task, task.candidates[k], settings, zone),
+                                     predicted_iou=task.candidate_iou[k], object_score=task.object_score))
         if alternative.accepted:
-            return replace(alternative, recovered=why_not_accepted(primary))
-    return primary
+            return replace(alternative, recovered=why_not_accepted(primary)), task.candidates[k]
+    return primary, task.mask
 
 
 def why_not_accepted(outcome: Outcome) -> Reason:
@@ -364,9 +323,37 @@ def why_not_accepted(outcome: Outcome) -> Reason:
     return outcome.reason if outcome.polygon is None else review.primary_reason(outcome.doubts)
 
 
-def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[tuple[int, Outcome]]:
-    """(owner, outcome) for each task: one unit of work for a pool."""
-    return [(task.prompt.owner, settle(task, settings)) for task in tasks]
+@dataclass(frozen=True)
+class ObjectMask:
+    """The logits of the mask an object's outcome came from (image frame: the window they
+    lie on), over the cells its outline covers (and one to spare around them)."""
+
+    window: Window
+    logits: LowRes
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One object settled: its original's position in the location, its outcome, and the
+    logits its outline came from (None when it has none)."""
+
+    owner: int
+    outcome: Outcome
+    mask: ObjectMask | None
+
+
+def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled]:
+    """Each task settled: one unit of work for a pool."""
+    settled = []
+    for task in tasks:
+        outcome, logits = _settled(task, settings)
+        found = outcome.outline_found
+        mask = None
+        if found is not None:
+            x0, y0, x1, y1 = found.bounds
+            mask = ObjectMask(task.window, logits.cropped_to(_to_window((x0, y0, x1, y1), task.window), task.window))
+        settled.append(Settled(task.prompt.owner, outcome, mask))
+    return settled
 
 
 # --- one window ------------------------------------------------------------------------
@@ -377,28 +364,31 @@ def _scores(values: np.ndarray | None, k: int) -> float | None:
 
 
 def decode_window(
-    predictor: MaskPredictor, window: Window, prompts: list[Prompt], frame_size: tuple[int, int]
+    predictor: MaskPredictor | PredictorAdapter, window: Window, prompts: list[Prompt], frame_size: tuple[int, int]
 ) -> Iterator[list[ObjectTask]]:
     """The tasks of the window's `prompts`, one decode batch at a time; the predictor must
     have encoded `window`."""
-    batch_size = decode_batch_size(predictor)
+    predictor = adapt(predictor)
+    batch_size = predictor.decode_batch_size
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         boxes = np.array([[p.box.x0 - window.left, p.box.y0 - window.top, p.box.x1 - window.left,
                            p.box.y1 - window.top] for p in batch], dtype=np.float32)
-        areas = [decode_area(p, window, frame_size) for p in batch]
-        decoded: DecodedMasks = decode_masks(predictor, boxes, np.array(areas, dtype=np.int64))
+        area_array = decode_areas(batch, window, frame_size)
+        areas = [tuple(area) for area in area_array.tolist()]
+        decoded: DecodedMasks = predictor.decode(boxes, area_array)
+        grid = decoded.grid_shape
         tasks = []
         for k, (prompt, area) in enumerate(zip(batch, areas)):
+            origin = (0, 0) if decoded.origins is None else (int(decoded.origins[k][0]), int(decoded.origins[k][1]))
             # `settle` never tries the alternatives of an object too coarse at this resolution.
-            alternatives = decoded.candidates is not None and \
-                coarseness(prompt.box, window, decoded.logits.shape[1:]) >= review.COARSE_SPAN
+            alternatives = decoded.candidates is not None and coarseness(prompt.box, window, grid) >= review.COARSE_SPAN
             candidates = () if not alternatives else tuple(
-                crop_low_res(candidate, area, window) for candidate in decoded.candidates[k])
+                crop_low_res(candidate, area, window, origin, grid) for candidate in decoded.candidates[k])
             candidate_iou = () if not alternatives or decoded.candidate_iou is None else tuple(
                 float(v) for v in decoded.candidate_iou[k])
             tasks.append(ObjectTask(
-                prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window),
+                prompt, window, frame_size, area, crop_low_res(decoded.logits[k], area, window, origin, grid),
                 _scores(decoded.predicted_iou, k), _scores(decoded.object_score, k), candidates, candidate_iou,
             ))
         yield tasks
@@ -410,14 +400,31 @@ def decode_window(
 @dataclass
 class LocationPlan:
     """One frame's originals as the engine works on them: the outcome of each original
-    that cannot prompt (None where it can), and its prompts. `windows()` places the windows
-    SAM2 sees, each with the prompts it holds, one at a time."""
+    (None until settled; set at once for one that cannot prompt), and its prompts.
+    `windows()` places the windows SAM2 sees, each with the prompts it holds, one at a time.
+    For each settled original, `mask` gives the logits its outline came from until the
+    location is finished (`finish_location` may read them)."""
 
     frame_size: tuple[int, int]
     outcomes: list[Outcome | None]
     originals: list[Polygon | None]
     prompts: list[Prompt]
     resolution: str
+    _settled: list = field(default_factory=list, repr=False)
+
+    def settle(self, settled) -> None:
+        """Record settled objects (`owners`, `outcomes`, and `mask(k)`, the logits the k-th
+        one's outline came from, read only when asked for: `mask`)."""
+        if not self._settled:
+            self._settled = [None] * len(self.outcomes)
+        for k, (owner, outcome) in enumerate(zip(settled.owners, settled.outcomes)):
+            self.outcomes[owner] = outcome
+            self._settled[owner] = (settled, k)
+
+    def mask(self, owner: int) -> ObjectMask | None:
+        """The logits the original's outline came from (None: it has none, or is not settled)."""
+        found = self._settled[owner] if self._settled else None
+        return None if found is None else found[0].mask(found[1])
 
     @property
     def prompt_count(self) -> int:
@@ -430,8 +437,11 @@ class LocationPlan:
 
 
 def plan_location(
-    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None], resolution: str
+    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None],
+    settings: RefineSettings,
 ) -> LocationPlan:
+    """The plan of one frame's originals (each a list of platform coordinates; `originals`
+    the areas they outline, which the review compares refinements with)."""
     width, height = frame_size
     outcomes: list[Outcome | None] = [None] * len(coordinates)
     prompts: list[Prompt] = []
@@ -440,18 +450,18 @@ def plan_location(
         if isinstance(box, Reason):
             outcomes[owner] = Outcome(None, box)
         else:
-            prompts.append(make_prompt(owner, box, original, frame_size))
+            prompts.append(make_prompt(owner, box, original, frame_size, settings.thresholds))
     return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], prompts,
-                        resolution)
+                        settings.resolution)
 
 
-def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = ()) -> list[Outcome]:
-    """The location's settled outcomes with the overlap check across them (and against
-    outlines an earlier run accepted here, before padding)."""
+def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings) -> list[Outcome]:
+    """The location's settled outcomes reviewed together (`review.review_location`: the
+    overlap check across them, and against outlines an earlier run accepted here, before
+    padding); an original the model never reached has an empty mask."""
     outcomes = [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in plan.outcomes]
-    refined = [outcome.outline_found for outcome in outcomes]
-    doubts = [list(outcome.doubts) for outcome in outcomes]
-    return review.with_overlap_doubts(outcomes, refined, doubts, plan.originals, accepted_elsewhere)
+    return review.review_location(plan.originals, outcomes, settings.padding, accepted_elsewhere, settings.thresholds,
+                                  plan.frame_size)
 
 
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
@@ -464,36 +474,3 @@ def crops_of(image: np.ndarray) -> WindowImages:
     return lambda window: np.ascontiguousarray(
         image[window.top:window.top + window.height, window.left:window.left + window.width]
     )
-
-
-def refine_frame(
-    predictor: MaskPredictor,
-    window_images: WindowImages,
-    frame_size: tuple[int, int],
-    originals: list[list[dict]],
-    settings: RefineSettings,
-    on_progress: Callable[[int], None] = lambda done: None,
-    outlines: list[Polygon | None] | None = None,
-    accepted_elsewhere: list[Polygon] = (),
-) -> list[Outcome]:
-    """Refine and judge the originals (each a list of platform coordinates) of one frame,
-    one step after another.
-
-    `frame_size` is (width, height) in image pixels. `outlines` are the areas the originals
-    outline, which the review compares refinements with (default: the polygons of their
-    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame.
-    `on_progress` receives how many originals are finished so far.
-    """
-    if outlines is None:
-        outlines = [outline_of_coordinates(points) for points in originals]
-    plan = plan_location(frame_size, originals, outlines, settings.resolution)
-    done = len(originals) - plan.prompt_count
-    on_progress(done)
-    for window, prompts in plan.windows():
-        predictor.encode(window_images(window), window)
-        for tasks in decode_window(predictor, window, prompts, frame_size):
-            for owner, outcome in settle_all(tasks, settings):
-                plan.outcomes[owner] = outcome
-            done += len(tasks)
-            on_progress(done)
-    return finish_location(plan, accepted_elsewhere)

@@ -4,9 +4,9 @@ Frame: platform coordinates, x = image column, y = image row, with pixel (r, c) 
 square [c, c+1] x [r, r+1]. A field (SAM2's logits resized to image pixels, or a 0/1
 mask as ±0.5) holds one value per pixel, sampled at the pixel's centre
 (c + 0.5, r + 0.5); > 0 is inside. The outline is where the field crosses zero, with
-linear interpolation between neighbouring centres (marching squares,
-skimage.measure.find_contours), so it follows the model's boundary to a fraction of a
-pixel instead of the pixel edges. On a 0/1 mask the crossing lies on the pixel edges
+linear interpolation between neighbouring centres (marching squares, the outer ring only,
+as skimage.measure.find_contours(fully_connected="low") traces it), so it follows the
+model's boundary to a fraction of a pixel instead of the pixel edges. On a 0/1 mask the crossing lies on the pixel edges
 half-way between centres, with each convex corner cut by a 0.5-pixel diagonal: a
 hole-free piece of N pixels becomes an outline of area N - 0.5 (4 convex corners more
 than concave ones, 1/8 pixel each).
@@ -28,7 +28,6 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
-from skimage.measure import find_contours
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # Field value beyond the field's edge: the outline closes there, just outside the field.
@@ -42,8 +41,8 @@ MITRE_LIMIT = 2.0  # how far a mitred corner may reach, in offset distances
 def largest_piece(mask: np.ndarray) -> np.ndarray | None:
     """The largest 4-connected piece of `mask` (same shape, bool, holes not filled); None if empty."""
     labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
-    if count == 0:
-        return None
+    if count <= 1:
+        return np.asarray(mask, dtype=bool) if count else None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
@@ -53,8 +52,8 @@ def piece_at(mask: np.ndarray, row: int, col: int) -> np.ndarray | None:
     """The 4-connected piece of `mask` holding pixel (row, col); None if that pixel is outside."""
     if not mask[row, col]:
         return None
-    labels, _ = ndimage.label(mask, structure=_FOUR_CONNECTED)
-    return labels == labels[row, col]
+    labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
+    return np.asarray(mask, dtype=bool) if count == 1 else labels == labels[row, col]
 
 
 def touched_sides(piece: np.ndarray) -> tuple[bool, bool, bool, bool]:
@@ -62,8 +61,80 @@ def touched_sides(piece: np.ndarray) -> tuple[bool, bool, bool, bool]:
     return bool(piece[:, 0].any()), bool(piece[0, :].any()), bool(piece[:, -1].any()), bool(piece[-1, :].any())
 
 
-def _ring_area(rows: np.ndarray, cols: np.ndarray) -> float:
-    return 0.5 * abs(float(np.dot(cols[:-1], rows[1:]) - np.dot(cols[1:], rows[:-1])))
+# Marching squares. A square's corners (r, c), (r, c+1), (r+1, c), (r+1, c+1) add 1, 2, 4, 8
+# to its case when above zero; its sides are T (r, c)-(r, c+1), B (r+1, c)-(r+1, c+1),
+# L (r, c)-(r+1, c) and R (r, c+1)-(r+1, c+1). A case's segment runs from one side to another
+# with the cells above zero on its right; at a saddle (cases 6 and 9) the cells below zero
+# are connected (skimage's fully_connected="low"): the two above are cut off one by one.
+_T, _B, _L, _R = 0, 1, 2, 3
+_CORNER = {1: (_T, _L), 2: (_R, _T), 4: (_L, _B), 8: (_B, _R)}
+_HALF = {3: (_R, _L), 12: (_L, _R), 5: (_T, _B), 10: (_B, _T)}
+
+
+def _segment_tables() -> tuple[np.ndarray, ...]:
+    enter, leave = np.zeros(16, np.int64), np.zeros(16, np.int64)
+    enter2, leave2 = np.full(16, -1, np.int64), np.full(16, -1, np.int64)
+    for case in range(1, 15):
+        corners = bin(case).count("1")
+        if case in (6, 9):
+            (enter[case], leave[case]), (enter2[case], leave2[case]) = \
+                (_CORNER[2], _CORNER[4]) if case == 6 else (_CORNER[1], _CORNER[8])
+        elif corners == 1:
+            enter[case], leave[case] = _CORNER[case]
+        elif corners == 3:
+            leave[case], enter[case] = _CORNER[15 - case]
+        else:
+            enter[case], leave[case] = _HALF[case]
+    return enter, leave, enter2, leave2
+
+
+_ENTER, _LEAVE, _ENTER2, _LEAVE2 = _segment_tables()
+# Each side's first corner relative to the square's (row, col), and whether it runs along a row.
+_SIDE_ROW, _SIDE_COL = np.array([0, 1, 0, 0]), np.array([0, 0, 0, 1])
+_ALONG_ROW = np.array([True, True, False, False])
+
+
+def outer_ring(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outer zero crossing (rows, cols; closed) around the cells of `values` above zero,
+    which must form one 4-connected piece with negative values all around it."""
+    height, width = values.shape
+    above = (values > 0).view(np.uint8)
+    case = above[:-1, :-1] | (above[:-1, 1:] << 1) | (above[1:, :-1] << 2) | (above[1:, 1:] << 3)
+    squares = np.flatnonzero((case - np.uint8(1)) < 14)  # neither all below nor all above
+    cases = case.ravel()[squares]
+    rows, cols = np.divmod(squares, width - 1)
+    enter, leave = _ENTER[cases], _LEAVE[cases]
+    saddles = np.flatnonzero((cases == 6) | (cases == 9))
+    if len(saddles):
+        enter = np.concatenate([enter, _ENTER2[cases[saddles]]])
+        leave = np.concatenate([leave, _LEAVE2[cases[saddles]]])
+        rows, cols = np.concatenate([rows, rows[saddles]]), np.concatenate([cols, cols[saddles]])
+    # Each side of the grid has one id: along a row r * (width - 1) + c, after them along a column.
+    along_rows = height * (width - 1)
+
+    def side(kinds: np.ndarray) -> np.ndarray:
+        row, col = rows + _SIDE_ROW[kinds], cols + _SIDE_COL[kinds]
+        return np.where(_ALONG_ROW[kinds], row * (width - 1) + col, along_rows + row * width + col)
+
+    segment_of = np.empty(along_rows + (height - 1) * width, np.int64)
+    segment_of[side(enter)] = np.arange(len(enter))
+    following = segment_of[side(leave)].tolist()
+    # Where each segment enters: the zero crossing on that side, linear between its corners.
+    along = _ALONG_ROW[enter]
+    row, col = rows + _SIDE_ROW[enter], cols + _SIDE_COL[enter]
+    flat = values.ravel()
+    first = flat[row * width + col]
+    second = flat[row * width + col + np.where(along, 1, width)]
+    share = -first / (second - first)
+    ring_rows, ring_cols = np.where(along, row, row + share), np.where(along, col + share, col)
+    # The top-most crossing lies on the outer ring (every hole lies inside it).
+    start = int(np.argmin(ring_rows))
+    order, at = [start], following[start]
+    while at != start:
+        order.append(at)
+        at = following[at]
+    order.append(start)
+    return ring_rows[order], ring_cols[order]
 
 
 def piece_outline(field: np.ndarray, piece: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Polygon | None:
@@ -75,33 +146,36 @@ def piece_outline(field: np.ndarray, piece: np.ndarray, offset: tuple[float, flo
     holes are filled (only the outer ring is kept). Where the piece reaches the field's
     edge, the outline is cut along that edge.
     """
-    rows, cols = np.nonzero(piece)
+    rows, cols = np.flatnonzero(piece.any(axis=1)), np.flatnonzero(piece.any(axis=0))
     if rows.size == 0:
         return None
     height, width = field.shape
+    touched = rows[0] == 0 or cols[0] == 0 or rows[-1] == height - 1 or cols[-1] == width - 1
     # One pixel of context around the piece, where the field has it.
-    row0, row1 = max(rows.min() - 1, 0), min(rows.max() + 2, height)
-    col0, col1 = max(cols.min() - 1, 0), min(cols.max() + 2, width)
+    row0, row1 = max(rows[0] - 1, 0), min(rows[-1] + 2, height)
+    col0, col1 = max(cols[0] - 1, 0), min(cols[-1] + 2, width)
     crop = field[row0:row1, col0:col1]
     inside = piece[row0:row1, col0:col1]
-    # Beyond the field's edge: the edge values once more, then far outside, so the outline
-    # closes outside the field and clipping to the field's rectangle cuts it on the edge.
-    values = np.full((row1 - row0 + 4, col1 - col0 + 4), _OUTSIDE)
-    core = values[2:-2, 2:-2]
-    core[...] = np.where(inside, crop, np.minimum(crop, -1e-6))
-    values[1, 2:-2], values[-2, 2:-2] = core[0], core[-1]
-    values[1:-1, 1], values[1:-1, -2] = values[1:-1, 2], values[1:-1, -3]
-    contours = find_contours(values, 0.0, fully_connected="low")
-    if not contours:
-        return None
-    ring = max(contours, key=lambda c: _ring_area(c[:, 0], c[:, 1]))
-    # Padded crop index -> field index (-2 + crop start) -> platform point at the pixel centre (+0.5).
-    x = ring[:, 1] + (col0 - 2 + 0.5 + offset[0])
-    y = ring[:, 0] + (row0 - 2 + 0.5 + offset[1])
+    piece_values = np.where(inside, crop, np.minimum(crop, -1e-6)).astype(np.float64, copy=False)
+    if touched:
+        # Beyond the field's edge: the edge values once more, then far outside, so the outline
+        # closes outside the field and clipping to the field's rectangle cuts it on the edge.
+        values = np.full((row1 - row0 + 4, col1 - col0 + 4), _OUTSIDE)
+        core = values[2:-2, 2:-2]
+        core[...] = piece_values
+        values[1, 2:-2], values[-2, 2:-2] = core[0], core[-1]
+        values[1:-1, 1], values[1:-1, -2] = values[1:-1, 2], values[1:-1, -3]
+        pad = 2
+    else:  # the context pixels all round are below zero: the outline closes within them
+        values, pad = piece_values, 0
+    ring_rows, ring_cols = outer_ring(values)
+    # Crop index -> field index (crop start - padding) -> platform point at the pixel centre (+0.5).
+    x = ring_cols + (col0 - pad + 0.5 + offset[0])
+    y = ring_rows + (row0 - pad + 0.5 + offset[1])
     polygon: BaseGeometry = Polygon(np.column_stack([x, y]))
     if not polygon.is_valid:
         polygon = shapely.make_valid(polygon)
-    if any(touched_sides(piece)):
+    if touched:
         polygon = polygon.intersection(box(offset[0], offset[1], offset[0] + width, offset[1] + height))
     return largest_polygon(polygon)
 
@@ -253,8 +327,12 @@ def polygon_to_coordinates(polygon: Polygon) -> list[dict[str, float]]:
 
 def coordinates_to_points(coordinates: list[dict]) -> np.ndarray:
     """(N, 2) array of (x, y) from platform coordinates; non-finite points are dropped."""
-    points = np.array(
-        [(float(c.get("x", np.nan)), float(c.get("y", np.nan))) for c in coordinates if isinstance(c, dict)],
-        dtype=np.float64,
-    ).reshape(-1, 2)
-    return points[np.isfinite(points).all(axis=1)]
+    try:  # well-formed coordinates, the platform's: one pass
+        points = np.array([(c["x"], c["y"]) for c in coordinates], dtype=np.float64).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError, IndexError):
+        points = np.array(
+            [(float(c.get("x", np.nan)), float(c.get("y", np.nan))) for c in coordinates if isinstance(c, dict)],
+            dtype=np.float64,
+        ).reshape(-1, 2)
+    finite = np.isfinite(points).all(axis=1)
+    return points if finite.all() else points[finite]

@@ -46,6 +46,8 @@ class Outcome:
     spills far outside its original): such an outline never replaces its original.
     `recovered` names the primary mask's reason when one of SAM2's alternative masks was
     taken instead. The scores are SAM2's own for the mask used, None when not given.
+    `judged`: the review has judged it on its own (review.judge_object); only the overlap
+    check across its location may add a doubt.
     """
 
     polygon: Polygon | None
@@ -56,6 +58,7 @@ class Outcome:
     found: Polygon | None = None
     cut: bool = False
     recovered: Reason | None = None
+    judged: bool = False
 
     @property
     def outline_found(self) -> Polygon | None:

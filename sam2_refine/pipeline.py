@@ -1,54 +1,59 @@
 """A job's locations as a pipeline: every stage busy at once, each location in order.
 
+This is the one composition of the engine's steps: a job runs it over its locations, and
+`refine_frame` over one frame (the calibration and the tests refine through it).
+
 Stages, from the image to the platform:
 - fetch (threads): each window's image, up to `prefetch` windows ahead of the model, so
   waiting for the server overlaps everything else;
 - model (the calling thread): SAM2 encodes each window (several at once where the
   predictor can batch them) and decodes its boxes, batch by batch; each batch becomes
   the objects' `engine.ObjectTask`s;
-- outline (processes, one per CPU the job may use; in line when there is one): each task
-  settled (`engine.settle_all`: outline, review, SAM2's alternatives);
+- outline (processes, one per CPU the job may use; in line when there is one): the tasks,
+  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives);
 - finish (one thread): once a location's objects are all settled, the overlap check of the
   location, then the caller's `finish` (decide and write back), one location at a time
   and in order, while the stages above work on the locations after it.
 
-Memory is bounded by the stages' queues: `prefetch` window images, MAX_OBJECTS_IN_FLIGHT
-objects' logits between the model and the outlines, FINISH_QUEUE locations waiting for
-their turn to be written. A failure in any stage stops the others: locations whose every
-object was settled before it are still finished in order, the rest is left for a rerun
-to pick up, and the failure is raised to the caller. A cancel (SIGTERM, raised in the
+Memory is bounded by the stages' queues: `prefetch` window images (or as many as the
+predictor encodes at once, if more), MAX_OBJECTS_IN_FLIGHT objects' logits between the
+model and the outlines, FINISH_QUEUE locations waiting for their turn to be written. A
+failure in any stage stops the others: locations whose every object was settled before
+it are still finished in order, the rest is left for a rerun to pick up. Every failure is
+written to the job log as it happens; the first is raised to the caller. A cancel (SIGTERM, raised in the
 calling thread) stops everything at once, after the location being written is done or
 FINISH_GRACE seconds have passed.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import queue
-import signal
+import resource
+import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 from shapely.geometry import Polygon
 
 from . import engine
-from .engine import LocationPlan, Prompt, RefineSettings
-from .model import MaskPredictor, Window
+from .engine import LocationPlan, ObjectTask, Prompt, RefineSettings
 from .outcome import Outcome
+from .outlines import TaskChunk, outline_executor, settle_timed
+from .seam import MaskPredictor, PredictorAdapter, Window, adapt
 
 PREFETCH = 4               # window images fetched ahead of the model
 FETCH_THREADS = 3          # requests for window images at once
 MAX_OBJECTS_IN_FLIGHT = 512
+CHUNK = 64                 # objects per unit of outline work (fewer, larger messages between processes)
 FINISH_QUEUE = 2           # locations settled or being settled, waiting to be finished
 FINISH_GRACE = 5.0         # seconds a cancel waits for the location being written
 POLL = 0.2                 # seconds between checks for a stop while waiting on a stage
-WATCH_SECONDS = 0.5        # how often an outline process checks that the worker is still there
 
 
 @dataclass
@@ -73,32 +78,35 @@ class StageClock:
     """Seconds spent per stage, summed over the threads or processes doing it: "fetch",
     "encode", "decode", "outline" (settling tasks), "review" (the location's overlap
     check), "write" (the caller's finish), and the waits "model waited for images" and
-    "finish waited for outlines"."""
+    "finish waited for outlines"; and the CPU seconds of each stage this process ran
+    (`cpu`: threads' CPU time, so the job's own process can be told from the rest)."""
 
     def __init__(self) -> None:
         self.seconds: Counter = Counter()
+        self.cpu: Counter = Counter()
         self._lock = threading.Lock()
 
-    def add(self, stage: str, seconds: float) -> None:
+    def add(self, stage: str, seconds: float, cpu: float = 0.0) -> None:
         with self._lock:
             self.seconds[stage] += seconds
+            self.cpu[stage] += cpu
 
     def timed(self, stage: str, call: Callable, *args):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return call(*args)
         finally:
-            self.add(stage, time.perf_counter() - start)
+            self.add(stage, time.perf_counter() - start, time.thread_time() - cpu)
 
     def summary(self) -> str:
         return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.seconds.items())
 
-
-def settle_timed(tasks: list, settings: RefineSettings) -> tuple[list[tuple[int, Outcome]], float]:
-    """`engine.settle_all` with the seconds it took (in whichever process runs it)."""
-    start = time.perf_counter()
-    settled = engine.settle_all(tasks, settings)
-    return settled, time.perf_counter() - start
+    def cpu_summary(self) -> str:
+        """This process's CPU seconds so far (all its threads; other processes not counted),
+        then those of each stage it ran; the rest went to reading, planning, start-up."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.cpu.items() if seconds >= 0.005)
+        return f"{usage.ru_utime + usage.ru_stime:.2f}" + (f" ({stages})" if stages else "")
 
 
 class _Budget:
@@ -122,69 +130,6 @@ class _Budget:
         with self._changed:
             self._used -= count
             self._changed.notify_all()
-
-
-class _InLine(Executor):
-    """Runs each task at once, in the calling thread (one CPU: nothing to gain elsewhere)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # handed to whoever waits on the future
-            future.set_exception(error)
-        return future
-
-
-def _ready() -> None:
-    """A no-op for each outline process, so they start while the model loads."""
-
-
-def _start_outline_process(worker_pid: int) -> None:
-    """An outline process ends when the worker does, even when the worker is killed
-    outright (its pool's queues would wait for it forever: the processes hold each other's
-    ends of them); ^C is the worker's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while not _gone(worker_pid):
-            time.sleep(WATCH_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` has ended: no longer there, or (Linux) dead but not yet
-    reaped by its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-
-def outline_executor(workers: int) -> Executor:
-    """`workers` processes for the outline stage (in line when 1). They are forked from a
-    fresh server process that has imported the engine (never from this process, whose
-    threads and model must not be copied)."""
-    if workers <= 1:
-        return _InLine()
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["sam2_refine.engine"])
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_outline_process,
-                                   initargs=(os.getpid(),))
-    for _ in range(workers):
-        executor.submit(_ready)
-    return executor
 
 
 # What follows a location's last batch: all its windows are decoded, or the model stage
@@ -213,20 +158,37 @@ class _Window:
     last_of_location: bool = True
 
 
+def _windows(works: Iterable[LocationWork], settings: RefineSettings) -> Iterator[_Window]:
+    """Each location's windows, in order (a location with none as one empty item: it may
+    still have write-back to do)."""
+    for work in works:
+        plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, settings)
+        location = _Location(work, plan)
+        windows = plan.windows()
+        placed = next(windows, None)
+        if placed is None:
+            yield _Window(location, None, [])
+        while placed is not None:
+            upcoming = next(windows, None)
+            yield _Window(location, *placed, last_of_location=upcoming is None)
+            placed = upcoming
+
+
 class Pipeline:
     """One run over a job's locations (see the module)."""
 
     def __init__(
         self,
-        predictor: Callable[[], MaskPredictor],
+        predictor: Callable[[], MaskPredictor | PredictorAdapter],
         settings: RefineSettings,
         finish: Callable[[LocationWork, list[Outcome]], None],
         on_progress: Callable[[LocationWork, int], None] = lambda work, done: None,
         workers: int = 1,
         prefetch: int = PREFETCH,
+        log: Callable[[str], None] | None = None,
     ):
         self._predictor_source = predictor
-        self._predictor: MaskPredictor | None = None
+        self._predictor: PredictorAdapter | None = None
         self._settings = settings
         self._finish = finish
         self._on_progress = on_progress
@@ -235,18 +197,24 @@ class Pipeline:
         self._stop = threading.Event()
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
+        self._log = log or _to_stderr
         self.clock = StageClock()
 
     # --- failures ------------------------------------------------------------------
 
-    def _record(self, error: BaseException) -> None:
+    def _record(self, error: BaseException, stage: str) -> None:
+        """Keep the first failure (the one raised); write every one to the job log."""
         with self._failure_lock:
-            if self._failure is None:
+            first = self._failure is None
+            if first:
                 self._failure = error
+            what = "this ends the job" if first else "after an earlier failure, which ends the job"
+            self._log(f"the {stage} stage failed ({what}): {type(error).__name__}: {error}\n"
+                      + "".join(traceback.format_exception(error)).rstrip())
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, stage: str) -> None:
         """A failure that stops every stage at once."""
-        self._record(error)
+        self._record(error, stage)
         self._stop.set()
 
     def _put(self, channel: queue.Queue, item) -> None:
@@ -275,10 +243,10 @@ class Pipeline:
             pass
         except Exception as error:
             # The locations already handed on are finished; the one in the making is left.
-            self._record(error)
+            self._record(error, "model")
         except BaseException as error:  # SIGTERM or ^C: everything stops
             cancelled = True
-            self._fail(error)
+            self._fail(error, "model")
         finally:
             fetcher.shutdown(wait=False, cancel_futures=True)
             if not cancelled:
@@ -300,30 +268,17 @@ class Pipeline:
 
     # --- model stage (the calling thread) ---------------------------------------------
 
-    def _windows(self, works: Iterable[LocationWork]) -> Iterator[_Window]:
-        """Each location's windows, in order (a location with none as one empty item: it
-        may still have write-back to do)."""
-        for work in works:
-            plan = engine.plan_location(work.frame_size, work.coordinates, work.outlines, self._settings.resolution)
-            location = _Location(work, plan)
-            windows = plan.windows()
-            placed = next(windows, None)
-            if placed is None:
-                yield _Window(location, None, [])
-            while placed is not None:
-                upcoming = next(windows, None)
-                yield _Window(location, *placed, last_of_location=upcoming is None)
-                placed = upcoming
-
     def _model_stage(
         self, works: Iterable[LocationWork], fetcher: Executor, outlines: Executor, budget: _Budget,
         finishing: queue.Queue,
     ) -> None:
-        windows = self._windows(works)
+        windows = _windows(works, self._settings)
         ahead: deque[_Window] = deque()
 
         def top_up() -> None:
-            while len(ahead) < self._prefetch:
+            # As many windows ahead as the encoder takes at once, once the model is there.
+            depth = self._prefetch if self._predictor is None else max(self._prefetch, self._predictor.encode_batch_size)
+            while len(ahead) < depth:
                 upcoming = next(windows, None)
                 if upcoming is None:
                     return
@@ -345,6 +300,16 @@ class Pipeline:
             location.batches.put(_COMPLETE)
             open_locations.remove(location)
 
+        # Tasks of the location being decoded, sent to the outline stage CHUNK at a time.
+        pending: list[ObjectTask] = []
+
+        def send(location: _Location) -> None:
+            if pending:
+                budget.take(len(pending))
+                location.batches.put((outlines.submit(settle_timed, TaskChunk(list(pending)), self._settings),
+                                      len(pending)))
+                pending.clear()
+
         try:
             top_up()
             while ahead:
@@ -353,7 +318,7 @@ class Pipeline:
                 group = [ahead.popleft()]
                 if group[0].window is not None:
                     predictor = self._model()
-                    while ahead and ahead[0].window is not None and len(group) < _encode_batch_size(predictor):
+                    while ahead and ahead[0].window is not None and len(group) < predictor.encode_batch_size:
                         group.append(ahead.popleft())
                 top_up()
                 if group[0].window is None:
@@ -362,24 +327,19 @@ class Pipeline:
                     continue
                 images, failed_fetch = self.clock.timed("model waited for images", self._images, group)
                 group = group[:len(images)]  # the windows before a failed fetch are still refined
-                batched = _batches(predictor)
-                if batched:
-                    encoded = self.clock.timed("encode", predictor.encode_batch, images, [item.window for item in group])
-                else:
-                    encoded = images
-                for item, image_or_encoding in zip(group, encoded):
+                encoded = self.clock.timed("encode", predictor.encode_group, images, [item.window for item in group])
+                for item, encoding in zip(group, encoded):
                     # Handed on as the model reaches it, when every location before it is
                     # complete: the finish stage never waits on one the model cannot reach.
                     hand_on(item.location)
-                    if batched:
-                        predictor.use(image_or_encoding)
-                    else:
-                        self.clock.timed("encode", predictor.encode, image_or_encoding, item.window)
+                    self.clock.timed("encode", predictor.use, encoding)
                     batches = engine.decode_window(predictor, item.window, item.prompts, item.location.plan.frame_size)
                     while (tasks := self.clock.timed("decode", next, batches, None)) is not None:
-                        budget.take(len(tasks))
-                        item.location.batches.put((outlines.submit(settle_timed, tasks, self._settings), len(tasks)))
+                        pending.extend(tasks)
+                        if len(pending) >= CHUNK:
+                            send(item.location)
                     if item.last_of_location:
+                        send(item.location)
                         complete(item.location)
                 del images, encoded, group
                 if failed_fetch is not None:
@@ -403,19 +363,18 @@ class Pipeline:
                 return images, error
         return images, None
 
-    def _model(self) -> MaskPredictor:
+    def _model(self) -> PredictorAdapter:
         if self._predictor is None:
-            self._predictor = self._predictor_source()
+            self._predictor = adapt(self._predictor_source())
         return self._predictor
 
     def _wait(self, future: Future):
-        while True:
+        """The future's result, or its exception; Stopped when another stage fails first.
+        (Its own exception may be a TimeoutError: that is not "not done yet".)"""
+        while not wait([future], timeout=POLL, return_when=FIRST_EXCEPTION).done:
             if self._stop.is_set():
                 raise Stopped()
-            try:
-                return future.result(timeout=POLL)
-            except TimeoutError:
-                continue
+        return future.result()
 
     # --- finish stage (its own thread) ---------------------------------------------
 
@@ -428,7 +387,7 @@ class Pipeline:
         except Stopped:
             return
         except BaseException as error:  # raised in the calling thread by `run`
-            self._fail(error)
+            self._fail(error, "finish")
 
     def _next_batch(self, location: _Location):
         while True:
@@ -452,22 +411,16 @@ class Pipeline:
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
             budget.give(count)
-            for owner, outcome in settled:
-                plan.outcomes[owner] = outcome
+            plan.settle(settled)
             done += count
             self._on_progress(work, done)
-        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere)
+        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
 
 
-def _batches(predictor: MaskPredictor) -> bool:
-    """Whether the predictor encodes several windows at once (model.BatchEncoder)."""
-    return hasattr(predictor, "encode_batch") and hasattr(predictor, "use")
-
-
-def _encode_batch_size(predictor: MaskPredictor) -> int:
-    return max(1, int(getattr(predictor, "encode_batch_size", 1))) if _batches(predictor) else 1
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_pipeline(works: Iterable[LocationWork], *arguments, **options) -> StageClock:
@@ -477,3 +430,31 @@ def run_pipeline(works: Iterable[LocationWork], *arguments, **options) -> StageC
     pipeline = Pipeline(*arguments, **options)
     pipeline.run(works)
     return pipeline.clock
+
+
+def refine_frame(
+    predictor: MaskPredictor | PredictorAdapter,
+    window_images: Callable[[Window], np.ndarray],
+    frame_size: tuple[int, int],
+    originals: list[list[dict]],
+    settings: RefineSettings,
+    on_progress: Callable[[int], None] = lambda done: None,
+    outlines: list[Polygon | None] | None = None,
+    accepted_elsewhere: list[Polygon] = (),
+) -> list[Outcome]:
+    """Refine and judge the originals (each a list of platform coordinates) of one frame:
+    the pipeline over this one location, its outlines settled in line.
+
+    `frame_size` is (width, height) in image pixels; `window_images` gives the image of a
+    window (engine.crops_of cuts them from a frame). `outlines` are the areas the originals
+    outline, which the review compares refinements with (default: the polygons of their
+    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame.
+    `on_progress` receives how many originals are finished so far.
+    """
+    if outlines is None:
+        outlines = [engine.outline_of_coordinates(points) for points in originals]
+    work = LocationWork(frame_size, originals, outlines, window_images, list(accepted_elsewhere))
+    finished: list[Outcome] = []
+    run_pipeline([work], lambda: predictor, settings, lambda location, outcomes: finished.extend(outcomes),
+                 lambda location, done: on_progress(done))
+    return finished

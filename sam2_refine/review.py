@@ -23,6 +23,12 @@ along the image's edge counts for nothing (the cell goes on beyond it), and a re
 that reaches the image's edge is not judged by its box's margins (how large the cell is,
 so how loose its box may be, is unknown there).
 
+The thresholds are passed in (`Thresholds`; the engine takes the job's from its settings),
+to the review's two entry points: `judge_object`, one refinement on its own (the engine judges
+each of SAM2's masks for an object with it, to choose among them), and `review_location`, a
+location's outcomes together (those not judged yet are judged, then the overlap check,
+overlap.py, runs across them).
+
 All geometry is in image pixels (x = column, y = row). The thresholds are fitted by
 `python -m tests.calibration` on synthetic cells 8-150 px across outlined as people
 outline them, and reported on a held-out half; README "Guarantees" quotes the figures.
@@ -36,10 +42,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import shapely
 from shapely.geometry import Polygon, box
-from shapely.strtree import STRtree
 
-from .outcome import Outcome, Reason
 from .geometry import coordinates_to_points
+from .outcome import Outcome, Reason
+from .overlap import with_overlap_doubts
 
 FrameSize = tuple[int, int]  # (width, height), image pixels
 _ON_EDGE = 1e-6  # pixels: a coordinate this close to the image's edge lies on it
@@ -117,6 +123,8 @@ ADVICE = {
 # `.venv/bin/python -m tests.measure_coarseness`.)
 COARSE_SPAN = 4.0
 SIZE_BLUR_SPAN = 8.0
+# Below SIZE_BLUR_SPAN, these are put down to SAM2's resolution (TOO_COARSE).
+SIZE_REASONS = (Reason.MUCH_SMALLER, Reason.EMPTY_MASK)
 
 
 def _percent(share: float) -> str:
@@ -253,6 +261,8 @@ def spills(
         return False
     limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
     zone = allowed_zone(original, thresholds) if zone is None else zone
+    if zone.contains(refined):  # nothing outside (most refinements: a few times cheaper to tell)
+        return False
     return _share_outside(refined, zone) > limit
 
 
@@ -275,7 +285,7 @@ def widest_margin(refined: Polygon, original: Polygon) -> float:
 
 def free_edge_length(refined: Polygon, frame_size: FrameSize | None) -> float:
     """The length of the refinement's outline that does not run along the image's edge."""
-    if frame_size is None:
+    if not cut_by_frame(refined, frame_size):  # no edge runs along the image's edge
         return refined.exterior.length
     width, height = frame_size
     points = np.asarray(refined.exterior.coords)
@@ -356,72 +366,6 @@ def object_doubts(
     return found
 
 
-def _agreement(refined: Polygon, original: Polygon | None) -> float:
-    """IoU of a refined outline with its original; how well it matches what the user drew."""
-    if original is None:
-        return 0.0
-    union = refined.union(original).area
-    return refined.intersection(original).area / union if union > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class _Outlines:
-    """A location's refined outlines that exist (`present`: their indices) followed by those
-    accepted elsewhere (`everything`), with one spatial index over them all."""
-
-    present: list[int]
-    everything: list[Polygon]
-    tree: STRtree
-
-
-def _indexed(refined: list[Polygon | None], accepted_elsewhere: list[Polygon]) -> _Outlines | None:
-    """The location's outlines indexed; None when fewer than two could meet."""
-    present = [i for i, polygon in enumerate(refined) if polygon is not None]
-    everything = [refined[i] for i in present] + list(accepted_elsewhere)
-    return _Outlines(present, everything, STRtree(everything)) if len(everything) >= 2 else None
-
-
-def _touching_others(outlines: _Outlines) -> set[int]:
-    """Indices of outlines whose bounds meet another outline's (of this run or accepted elsewhere)."""
-    pairs = outlines.tree.query(outlines.everything)
-    pairs = pairs[:, pairs[0] != pairs[1]]
-    return {outlines.present[int(p)] for p in np.unique(pairs) if p < len(outlines.present)}
-
-
-def overlap_doubts(
-    refined: list[Polygon | None],
-    ranking: list[tuple],
-    outlines: _Outlines,
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-) -> set[int]:
-    """Indices of refined outlines that overlap a better one.
-
-    Objects are taken best first (`ranking`, smaller is better); one that overlaps an
-    outline already kept is doubtful, so two prompts on one cell leave one accepted
-    outline. Outlines accepted earlier (another run) count as kept from the start.
-    """
-    present, everything = outlines.present, outlines.everything
-    kept = set(range(len(present), len(everything)))
-    position_of = {index: position for position, index in enumerate(present)}
-    doubtful: set[int] = set()
-    for index in sorted(present, key=lambda i: ranking[i]):
-        polygon = refined[index]
-        clash = False
-        for other in outlines.tree.query(polygon):
-            other = int(other)
-            if other == position_of[index] or other not in kept:
-                continue
-            smaller = min(polygon.area, everything[other].area)
-            if smaller > 0 and polygon.intersection(everything[other]).area > thresholds.max_overlap_share * smaller:
-                clash = True
-                break
-        if clash:
-            doubtful.add(index)
-        else:
-            kept.add(position_of[index])
-    return doubtful
-
-
 def unpadded(polygon: Polygon | None, padding: float, frame_size: FrameSize | None = None) -> Polygon | None:
     """The refined outline before the user's padding (pixels): the checks compare what
     SAM2 found, not the growth the user asked for. Where the padded outline was clipped
@@ -442,6 +386,28 @@ def unpadded(polygon: Polygon | None, padding: float, frame_size: FrameSize | No
     return _largest_polygon(shape) or polygon
 
 
+def judge_object(
+    outcome: Outcome,
+    original: Polygon | None,
+    frame_size: FrameSize | None,
+    span: float,
+    thresholds: Thresholds,
+    zone: Polygon | None = None,
+) -> Outcome:
+    """One refinement judged on its own (`object_doubts`), marked `judged`. An object whose
+    box spans `span` of SAM2's mask pixels is too coarse at that resolution below
+    COARSE_SPAN, and its size doubts are put down to the resolution below SIZE_BLUR_SPAN:
+    then TOO_COARSE comes first (and is the skip reason of a mask with no outline)."""
+    blurred = span < SIZE_BLUR_SPAN
+    if outcome.polygon is None:
+        coarse = span < COARSE_SPAN or (blurred and outcome.reason in SIZE_REASONS)
+        return Outcome(None, Reason.TOO_COARSE, judged=True) if coarse else replace(outcome, judged=True)
+    doubts = object_doubts(outcome, original, frame_size, zone, thresholds)
+    if span < COARSE_SPAN or (blurred and any(reason in SIZE_REASONS for reason in doubts)):
+        doubts = [Reason.TOO_COARSE] + [reason for reason in doubts if reason not in SIZE_REASONS]
+    return replace(outcome, doubts=tuple(doubts), judged=True)
+
+
 def review_location(
     originals: list[Polygon | None],
     outcomes: list[Outcome],
@@ -450,43 +416,17 @@ def review_location(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_size: FrameSize | None = None,
 ) -> list[Outcome]:
-    """The outcomes of one location with every doubt added (skips are left as they are).
-    `padding` is the user's Padding, which the outcomes' polygons include (an outcome
-    carrying SAM2's outline before padding, `found`, is judged on that); `frame_size` is
-    the image's (width, height), to which originals are clipped as refinements are."""
+    """The outcomes of one location with every doubt added (skips are left as they are):
+    each outcome not yet `judged` on its own is judged here (`object_doubts`), then the
+    location's overlap check runs across all of them. `padding` is the user's Padding,
+    which the outcomes' polygons include (an outcome carrying SAM2's outline before
+    padding, `found`, is judged on that); `frame_size` is the image's (width, height), to
+    which originals are clipped as refinements are."""
     originals = [within_frame(original, frame_size) for original in originals]
-    refined = [outcome.found if outcome.found is not None else unpadded(outcome.polygon, padding, frame_size)
-               for outcome in outcomes]
-    doubts = [object_doubts(replace(outcome, found=polygon), original, frame_size, thresholds=thresholds)
-              if polygon is not None else list(outcome.doubts)
+    refined = [outcome.outline_found if outcome.judged or outcome.found is not None
+               else unpadded(outcome.polygon, padding, frame_size) for outcome in outcomes]
+    doubts = [list(outcome.doubts) if outcome.judged or polygon is None
+              else object_doubts(replace(outcome, found=polygon), original, frame_size, thresholds=thresholds)
               for original, outcome, polygon in zip(originals, outcomes, refined)]
-    return with_overlap_doubts(outcomes, refined, doubts, originals, accepted_elsewhere, thresholds)
-
-
-def with_overlap_doubts(
-    outcomes: list[Outcome],
-    refined: list[Polygon | None],
-    doubts: list[list[Reason]],
-    originals: list[Polygon | None],
-    accepted_elsewhere: list[Polygon] = (),
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-) -> list[Outcome]:
-    """`outcomes` with their per-object `doubts` and the overlap check of the location:
-    `refined` are the outlines judged (before padding), `originals` the originals (clipped
-    to the image), `accepted_elsewhere` outlines an earlier run accepted at this location."""
-    # How well each agrees with its original decides who keeps a shared cell; only outlines
-    # whose bounds meet another's can clash, so only theirs is computed.
-    outlines = _indexed(refined, accepted_elsewhere)
-    if outlines is not None:
-        clashing = _touching_others(outlines)
-        ranking = [
-            (bool(doubts[i]), -_agreement(polygon, originals[i]) if i in clashing else 0.0, i)
-            for i, polygon in enumerate(refined)
-        ]
-        for index in overlap_doubts(refined, ranking, outlines, thresholds):
-            if Reason.OVERLAPS_ANOTHER not in doubts[index]:
-                doubts[index].append(Reason.OVERLAPS_ANOTHER)
-    return [
-        replace(outcome, doubts=tuple(found)) if outcome.polygon is not None else outcome
-        for outcome, found in zip(outcomes, doubts)
-    ]
+    return with_overlap_doubts(outcomes, refined, doubts, originals, list(accepted_elsewhere),
+                               thresholds.max_overlap_share)

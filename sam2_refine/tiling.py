@@ -31,10 +31,13 @@ covered edge to edge).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .model import Window
+import numpy as np
+
+from .seam import Window
 
 MIN_LOW_RES_SPAN = 16  # low-resolution mask pixels an object's box should span
 LOW_RES_SIZE = 256     # SAM2's low-resolution mask side
@@ -121,12 +124,12 @@ def _best_left(
         and areas[i][2] - areas[i][0] <= side
     ]
     candidates = {min(col0, highest)} | {a[0] for a in eligible} | {a[2] - side for a in eligible}
-    candidates = sorted(c for c in candidates if lowest <= c <= highest)
-
-    def held(left: int) -> int:
-        return sum(1 for a in eligible if left <= a[0] and a[2] <= left + side)
-
-    return max(candidates, key=lambda left: (held(left), -abs(left - col0)))
+    lefts = np.array(sorted(c for c in candidates if lowest <= c <= highest), dtype=np.int64)
+    starts = np.array([a[0] for a in eligible], dtype=np.int64)
+    ends = np.array([a[2] for a in eligible], dtype=np.int64)
+    held = ((lefts[:, None] <= starts) & (ends <= lefts[:, None] + side)).sum(axis=1)
+    # Most held, then nearest `first`'s left edge, then the leftmost (the first of equals).
+    return int(lefts[np.lexsort((np.abs(lefts - col0), -held))[0]])
 
 
 def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
@@ -136,25 +139,33 @@ def greedy_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Wind
 
 
 def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[tuple[Window, list[int]]]:
-    """`greedy_windows` one window at a time, as each is placed."""
+    """`greedy_windows` one window at a time, as each is placed. The objects are kept in
+    order of their areas' top rows: a window starts at or above the first unplaced one's,
+    so only those whose areas start above its bottom row can be in it (a band of the
+    frame, not every object left)."""
     areas = [search_area(b, width, height) for b in boxes]
     limits = [side_limit(b) for b in boxes]
-    unplaced = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
-    while unplaced:
-        first = unplaced[0]
+    order = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
+    tops = [areas[i][1] for i in order]
+    placed = [False] * len(boxes)
+    head = 0
+    while True:
+        while head < len(order) and placed[order[head]]:
+            head += 1
+        if head == len(order):
+            return
+        first = order[head]
         col0, row0, col1, row1 = areas[first]
         side = max(limits[first], col1 - col0, row1 - row0)
         top, window_height = _place(row0, side, height)
-        left = _best_left(first, unplaced, areas, limits, side, top, top + window_height, width)
+        band = [i for i in order[head:bisect_left(tops, top + window_height, lo=head)] if not placed[i]]
+        left = _best_left(first, band, areas, limits, side, top, top + window_height, width)
         left, window_width = _place(left, side, width)
         window = Window(left, top, window_width, window_height)
-        members = [
-            i for i in unplaced
-            if i == first or (limits[i] >= side and _fits(areas[i], window))
-        ]
+        members = [i for i in band if i == first or (limits[i] >= side and _fits(areas[i], window))]
+        for i in members:
+            placed[i] = True
         yield window, members
-        taken = set(members)
-        unplaced = [i for i in unplaced if i not in taken]
 
 
 def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:

@@ -30,7 +30,8 @@ from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import LocationWork, run_pipeline
 from .resume import Counterpart, read_job
-from .review import original_outline, unpadded
+from .review import DEFAULT_THRESHOLDS, original_outline, unpadded
+from .seam import PredictorAdapter, adapt
 from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
 
@@ -120,12 +121,11 @@ def decide(
     return refined
 
 
-def _report_device(predictor: MaskPredictor, model_name: str, reporter: Reporter) -> None:
-    description = getattr(predictor, "device_description", None)
+def _report_device(predictor: PredictorAdapter, model_name: str, reporter: Reporter) -> None:
+    description = predictor.device_description
     reporter.progress(LOADING_SHARE, f"Loaded {model_name}" + (f" on {description}" if description else ""), force=True)
-    warning = getattr(predictor, "device_warning", None)
-    if warning:
-        reporter.warning(str(warning), info="The job runs on the CPU instead, much more slowly.")
+    if predictor.device_warning:
+        reporter.warning(predictor.device_warning, info="The job runs on the CPU instead, much more slowly.")
 
 
 def run_compute(
@@ -168,10 +168,11 @@ def run_compute(
         reporter.progress(0.01, f"Loading {params.model_name}", force=True)
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare(job)
-    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
+    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution,
+                              thresholds=DEFAULT_THRESHOLDS)  # what every refinement is judged by
 
-    def predictor() -> MaskPredictor:
-        loaded = load_predictor(params.checkpoint_path)
+    def predictor() -> PredictorAdapter:
+        loaded = adapt(load_predictor(params.checkpoint_path))
         _report_device(loaded, params.model_name, reporter)
         return loaded
 
@@ -186,9 +187,10 @@ def run_compute(
     workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
     try:
         clock = run_pipeline(works(), predictor, settings, finish,
-                             lambda work, done: _progress(work, done, tally, reporter), workers)
+                             lambda work, done: _progress(work, done, tally, reporter), workers, log=reporter.log)
         where = f"in {workers} processes" if workers > 1 else "in line"
         reporter.log(f"stage seconds (outlines {where}): {clock.summary()}")
+        reporter.log(f"main process CPU seconds: {clock.cpu_summary()}")
         writer.finish()
     except Exception as error:  # any failure (not a cancel): the summary, and what was saved before it
         report_end(tally, writer.result, params, reporter)

@@ -11,16 +11,24 @@ of the cell's diameter on each side, or a drawn outline from 15 % inside to 30 %
 the cell with a low-frequency wobble. A quarter of the cells are answered as SAM2 errs:
 an inner part (12-30 % of the cell's area), the cell with its touching neighbours, the
 neighbour instead, nothing; the right answers carry a mask's own boundary error (up to
-1 px or 2.5 % of the diameter in or out). Each scene is refined by the engine itself
-(Auto, smoothing 0.7) with an oracle answering from the true shapes on SAM2's 256 x 256
-grid, then reviewed as the worker reviews it. The fit half is seeds 0-39, the held-out half seeds
-1000-1039.
+1 px or 2.5 % of the diameter in or out). Each scene is refined and judged by the engine
+itself, as the worker runs it (`pipeline.refine_frame`, Auto, smoothing 0.7), with an oracle
+answering from the true shapes on SAM2's 256 x 256 grid and the thresholds under test passed
+in the settings. The fit half is seeds 0-39, the held-out half seeds 1000-1039.
 
 The fit, for each signal and kind of original (`fit_linear`): for each pixel allowance
 of a grid, the band of shares of the object's size between the smallest that doubts no
 right answer of the fit half and the next error the signal is for; the threshold
 is the middle of that band. Of the allowances, the one that misses the fewest errors,
 on ties the widest band. The spill check also picks its share outside from a grid.
+
+The fit reads each answer's own measures (its refined outline, unpadded, against its
+original), refined under fixed reference thresholds (review.py's, `DEFAULT_THRESHOLDS`),
+never under the thresholds being fitted. So what is measured does not move with the fit:
+where the engine stops following a mask that spills, or chooses among SAM2's alternative
+masks, it does so by the reference thresholds. (The calibration's oracle gives one mask per
+box, no alternatives: the fit measures the first answers, which are what the thresholds
+must tell apart.)
 """
 
 from __future__ import annotations
@@ -35,11 +43,12 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from sam2_refine.engine import Outcome, RefineSettings, refine_frame
+from sam2_refine.engine import Outcome, RefineSettings
+from sam2_refine.pipeline import refine_frame
 from sam2_refine.interface import RESOLUTION_AUTO
 from sam2_refine.review import (
     DEFAULT_THRESHOLDS, FrameSize, Thresholds, cut_by_frame, mean_gap, original_outline, outline_size, outside_share,
-    review_location, unpadded, widest_margin, within_frame,
+    unpadded, widest_margin, within_frame,
 )
 from sam2_refine.originals import prompt_coordinates
 from tests.erring_oracle import ErringOracle
@@ -71,8 +80,8 @@ class Judged:
     diameter: float  # the outlined cell's equivalent diameter, pixels
     cell: int
     original: Polygon | None  # as the review judges it: clipped to the frame
-    refined: Polygon | None  # unpadded, as the review judges it
-    outcome: Outcome  # reviewed
+    refined: Polygon | None  # unpadded
+    outcome: Outcome  # judged
     frame_size: FrameSize
 
     @property
@@ -80,28 +89,29 @@ class Judged:
         return self.outcome.polygon is None or bool(self.outcome.doubts)
 
 
-def refine_scene(scene: Scene, padding: float = 0.0, smoothing: float = 0.7) -> list[Outcome]:
-    """The engine's outcomes for a scene, the oracle answering each original's box."""
+def refine_scene(scene: Scene, thresholds: Thresholds = DEFAULT_THRESHOLDS, padding: float = 0.0,
+                 smoothing: float = 0.7) -> list[Outcome]:
+    """The engine's judged outcomes for a scene, the oracle answering each original's box."""
     frame_size = (scene.width, scene.height)
     keys = np.array([o.prompt_centre(*frame_size) for o in scene.originals])
     oracle = ErringOracle(keys, [o.answer for o in scene.originals])
     blank = np.zeros((8, 8, 3), np.float32)  # the oracle never looks at the image
-    prompts = [prompt_coordinates({"shape": o.shape, "coordinates": o.coordinates}) for o in scene.originals]
-    return refine_frame(oracle, lambda window: blank, frame_size, prompts,
-                        RefineSettings(smoothing=smoothing, padding=padding, resolution=RESOLUTION_AUTO))
+    documents = [{"shape": o.shape, "coordinates": o.coordinates} for o in scene.originals]
+    return refine_frame(oracle, lambda window: blank, frame_size, [prompt_coordinates(d) for d in documents],
+                        RefineSettings(smoothing, padding, RESOLUTION_AUTO, thresholds),
+                        outlines=[original_outline(d) for d in documents])
 
 
 def judge_scene(seed: int, thresholds: Thresholds = DEFAULT_THRESHOLDS, padding: float = 0.0) -> list[Judged]:
     scene = calibration_scene(seed)
     frame_size = (scene.width, scene.height)
     originals = [original_outline({"shape": o.shape, "coordinates": o.coordinates}) for o in scene.originals]
-    outcomes = refine_scene(scene, padding)
-    reviewed = review_location(originals, outcomes, padding, thresholds=thresholds, frame_size=frame_size)
+    outcomes = refine_scene(scene, thresholds, padding)
     diameters = [cell_diameter(cell) for cell in scene.cells]
     return [
         Judged(seed, o.kind, o.outline_kind, diameters[o.cell], o.cell, within_frame(original, frame_size),
                unpadded(outcome.polygon, padding, frame_size), outcome, frame_size)
-        for o, original, outcome in zip(scene.originals, originals, reviewed)
+        for o, original, outcome in zip(scene.originals, originals, outcomes)
     ]
 
 
@@ -197,8 +207,8 @@ def _with_refinement(judged: list[Judged], kinds: tuple[str, ...], outline_kind:
 
 
 def fit_thresholds(judged: list[Judged]) -> tuple[Thresholds, dict[str, object]]:
-    """Thresholds fitted on `judged` (refined with any thresholds: the fit reads only
-    the refinements and originals), and each fit's details."""
+    """Thresholds fitted on `judged` (refined under the reference thresholds: the fit reads
+    only the refinements and originals), and each fit's details."""
     judged = singly_prompted(judged)
     good_boxes, good_drawn = _with_refinement(judged, (GOOD,), BOX), _with_refinement(judged, (GOOD,), DRAWN)
     margin = fit_linear([(widest_margin(j.refined, j.original), outline_size(j.refined))

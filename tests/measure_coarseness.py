@@ -16,9 +16,10 @@ from collections import Counter
 import numpy as np
 from shapely.geometry import Polygon
 
-from sam2_refine.engine import RefineSettings, coarseness, prompt_box, refine_frame
+from sam2_refine.engine import RefineSettings, coarseness, prompt_box
+from sam2_refine.pipeline import refine_frame
 from sam2_refine.interface import RESOLUTION_WHOLE_FRAME
-from sam2_refine.model import Window
+from sam2_refine.seam import Window
 from tests.oracle import OraclePredictor, Star
 
 SIDE = 2048

@@ -228,3 +228,42 @@ def scored_from_environment(checkpoint) -> ScoredOraclePredictor:
     """Predictor factory for the worker subprocess, with the optional scored `decode`."""
     with open(os.environ["ORACLE_SHAPES"]) as handle:
         return ScoredOraclePredictor(shapes_from_json(handle.read()))
+
+
+class TwoMethodsOnly:
+    """A predictor with nothing but the protocol's two methods (no batch size, no scores)."""
+
+    def __init__(self, shapes: list[Shape]):
+        self._oracle = OraclePredictor(shapes)
+
+    def encode(self, window_image: np.ndarray, window: Window) -> None:
+        self._oracle.encode(window_image, window)
+
+    def decode_low_res(self, boxes: np.ndarray) -> np.ndarray:
+        return self._oracle.decode_low_res(boxes)
+
+
+class PlainDecoded:
+    """What `decode` returned before SAM2's alternatives were added: logits and the two scores."""
+
+    def __init__(self, logits: np.ndarray, predicted_iou: np.ndarray, object_score: np.ndarray):
+        self.logits, self.predicted_iou, self.object_score = logits, predicted_iou, object_score
+
+
+class PlainScoredOracle(OraclePredictor):
+    """A scored predictor written to the protocol before alternatives: its `decode` returns
+    a plain object with only `logits`, `predicted_iou` and `object_score`."""
+
+    def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None) -> PlainDecoded:
+        count = len(boxes)
+        return PlainDecoded(self.decode_low_res(boxes), np.full(count, 0.95, np.float32), np.full(count, 5.0, np.float32))
+
+
+def two_methods_from_environment(checkpoint) -> TwoMethodsOnly:
+    with open(os.environ["ORACLE_SHAPES"]) as handle:
+        return TwoMethodsOnly(shapes_from_json(handle.read()))
+
+
+def plain_scored_from_environment(checkpoint) -> PlainScoredOracle:
+    with open(os.environ["ORACLE_SHAPES"]) as handle:
+        return PlainScoredOracle(shapes_from_json(handle.read()))

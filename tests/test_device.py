@@ -198,12 +198,12 @@ def test_a_gpu_that_fails_while_the_model_is_built_falls_back_to_the_cpu_and_say
 
     import torch
 
-    from sam2_refine import device, model
+    from sam2_refine import device, model, sam2_build
 
     class OutOfMemoryError(RuntimeError):
         pass
 
-    real_build = model._build_model
+    real_build = sam2_build.build_model
 
     def build(config, checkpoint, where):
         if where.startswith("cuda"):
@@ -213,7 +213,7 @@ def test_a_gpu_that_fails_while_the_model_is_built_falls_back_to_the_cpu_and_say
 
     gpu = device.DeviceChoice("cuda", "CUDA GPU Fake (CUDA 13.0)", 2)
     monkeypatch.setattr(device, "choose_device", lambda requested=None: gpu)
-    monkeypatch.setattr(model, "_build_model", build)
+    monkeypatch.setattr(sam2_build, "build_model", build)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda kind: SimpleNamespace(major=8))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     predictor = model.Sam2Predictor(tiny_checkpoint_dir / TINY)

@@ -6,7 +6,8 @@ from shapely.geometry import box
 
 from sam2_refine import engine, review, tiling
 from sam2_refine.outcome import Reason
-from sam2_refine.engine import RefineSettings, crops_of, refine_frame, resize_region
+from sam2_refine.engine import RefineSettings, crops_of, resize_region
+from sam2_refine.pipeline import refine_frame
 from sam2_refine.interface import RESOLUTION_AUTO, RESOLUTION_WHOLE_FRAME
 from tests.oracle import Composite, Disk, OraclePredictor, Rect, ScoredOraclePredictor
 
@@ -298,3 +299,45 @@ def test_a_much_smaller_outline_is_put_down_to_resolution_only_below_its_span(sp
         assert outcome.doubts[0] == Reason.TOO_COARSE and Reason.MUCH_SMALLER not in outcome.doubts
     else:
         assert Reason.MUCH_SMALLER in outcome.doubts and Reason.TOO_COARSE not in outcome.doubts
+
+
+def test_the_thresholds_in_the_settings_decide(frame):
+    """The same answers judged by the job's thresholds, not the module's: a cell in a box
+    2 px loose is accepted by review.py's and much smaller than its box when a box may leave
+    no margin; two prompts on one cell leave one of them doubtful, and neither when no
+    share of an outline's area counts as overlapping."""
+    cell = Disk(500, 500, 20)
+    boxed = Rect(478, 478, 522, 522).rough_outline(0)
+    strict = review.Thresholds(box_margin_px=0.0, box_margin_share=0.0)
+    (accepted,) = refine(OraclePredictor([cell]), frame, [boxed], RefineSettings(0, 0, RESOLUTION_AUTO))
+    (doubted,) = refine(OraclePredictor([cell]), frame, [boxed], RefineSettings(0, 0, RESOLUTION_AUTO, strict))
+    assert accepted.doubts == () and doubted.doubts == (Reason.MUCH_SMALLER,)
+    twice = [boxed, cell.rough_outline(2)]
+    default = refine(OraclePredictor([cell]), frame, twice, RefineSettings(0, 0, RESOLUTION_AUTO))
+    sharing = refine(OraclePredictor([cell]), frame, twice,
+                     RefineSettings(0, 0, RESOLUTION_AUTO, review.Thresholds(max_overlap_share=1.5)))
+    assert sorted(o.doubts for o in default) == [(), (Reason.OVERLAPS_ANOTHER,)]
+    assert [o.doubts for o in sharing] == [(), ()]
+
+
+def test_a_batch_of_decode_areas_is_each_objects_decode_area():
+    """decode_window computes its batch's areas at once: the same as one by one."""
+    rng = np.random.default_rng(8)
+    frame = (3000, 1800)
+    for _ in range(50):
+        window = engine.Window(int(rng.integers(0, 2000)), int(rng.integers(0, 1000)), int(rng.integers(64, 1000)),
+                               int(rng.integers(64, 800)))
+        prompts = []
+        for owner in range(16):
+            x, y = rng.uniform(window.left - 50, window.left + window.width), rng.uniform(window.top - 50, window.top + window.height)
+            size = rng.uniform(2, 200)
+            shape = Disk(x, y, size / 2)
+            rough = shape.rough_outline(rng.uniform(-2, 10))
+            box = engine.prompt_box(rough, *frame)
+            if isinstance(box, Reason):
+                continue
+            original = engine.outline_of_coordinates(rough) if owner % 3 else None
+            prompts.append(engine.make_prompt(owner, box, original, frame))
+        if prompts:
+            expected = [engine.decode_area(p, window, frame) for p in prompts]
+            assert [tuple(a) for a in engine.decode_areas(prompts, window, frame).tolist()] == expected

@@ -200,3 +200,36 @@ def test_clip_to_image_keeps_the_inside_part():
     assert clipped.equals(box(0, 0, 8, 10))
     assert clip_to_image(box(30, 30, 40, 40), width=20, height=20) is None
     assert shapely.is_valid(clipped)
+
+
+def test_the_outer_ring_is_the_one_skimage_traces_with_low_values_connected():
+    """geometry.outer_ring against skimage.measure.find_contours(fully_connected="low") on
+    noisy fields (saddles, holes, ragged pieces): the same vertices, around the same area."""
+    from scipy import ndimage
+    from shapely.geometry import Polygon
+    from skimage.measure import find_contours
+
+    from sam2_refine.geometry import outer_ring
+
+    rng = np.random.default_rng(1)
+    saddles = 0
+    for trial in range(300):
+        n = int(rng.integers(5, 60))
+        rows, cols = np.mgrid[:n, :n]
+        field = n / 3 - np.hypot(cols - n / 2 + rng.normal(0, 2), rows - n / 2) \
+            + rng.normal(0, (0, 0.5, 2.0, 5.0)[trial % 4], (n, n))
+        labels, count = ndimage.label(field > 0)
+        if count == 0:
+            continue
+        piece = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        values = np.full((n + 2, n + 2), -1.0)
+        values[1:-1, 1:-1] = np.where(piece, field, np.minimum(field, -1e-6))
+        above = values > 0
+        cases = above[:-1, :-1] + 2 * above[:-1, 1:] + 4 * above[1:, :-1] + 8 * above[1:, 1:]
+        saddles += int(((cases == 6) | (cases == 9)).sum())
+        expected = max(find_contours(values, 0.0, fully_connected="low"), key=lambda ring: Polygon(ring).area)
+        ring_rows, ring_cols = outer_ring(values)
+        assert len(ring_rows) == len(expected)
+        assert set(zip(np.round(ring_rows, 9), np.round(ring_cols, 9))) == set(map(tuple, np.round(expected, 9)))
+        assert Polygon(np.column_stack([ring_rows, ring_cols])).area == pytest.approx(Polygon(expected).area, rel=1e-12)
+    assert saddles > 100

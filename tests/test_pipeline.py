@@ -34,11 +34,11 @@ def work(name: str, fetch=None) -> LocationWork:
                         fetch or crop, context=name)
 
 
-def watched(target, *args) -> threading.Thread:
+def watched(target, *args, timeout: float = 120) -> threading.Thread:
     """Run `target` in a thread and wait for it; a thread still alive is a hang."""
     runner = threading.Thread(target=target, args=args, daemon=True)
     runner.start()
-    runner.join(timeout=120)
+    runner.join(timeout=timeout)
     return runner
 
 
@@ -115,7 +115,7 @@ def test_the_next_location_is_refined_while_one_is_written():
 
 def windows_per_location() -> int:
     location = work("T0")
-    return len(list(plan_location((WIDTH, HEIGHT), location.coordinates, location.outlines, RESOLUTION_AUTO).windows()))
+    return len(list(plan_location((WIDTH, HEIGHT), location.coordinates, location.outlines, SETTINGS).windows()))
 
 
 @pytest.mark.parametrize("stage", ["fetch", "model", "write"])
@@ -224,3 +224,106 @@ def test_batched_encoding_of_one_window_locations_finishes_them_all_or_ends_at_a
         assert all(len(outcomes) == len(SHAPES) for outcomes in finished.outcomes.values())
     else:
         assert finished.finished == NAMES[:3] and raised
+
+
+def test_when_two_stages_fail_each_failure_is_logged_and_the_first_ends_the_run():
+    """The finish stage fails writing T0 while the model fails on a window of T2: both
+    failures reach the job log, in the order they happened, and the run raises the first."""
+    encoding, write_failed = threading.Event(), threading.Event()
+
+    class FailingModel(OraclePredictor):
+        def encode(self, window_image, window):
+            if len(self.windows) == 2 * windows_per_location():  # T2's first window
+                encoding.set()
+                write_failed.wait(timeout=60)
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            super().encode(window_image, window)
+
+    def finish(location, outcomes):
+        if location.context == "T0":  # fails while the model is busy with T2
+            encoding.wait(timeout=60)
+            write_failed.set()
+            raise ConnectionError("write-back failed at T0")
+
+    logged: list[str] = []
+    with pytest.raises((ConnectionError, RuntimeError)) as raised:
+        run_pipeline([work(name) for name in NAMES], lambda: FailingModel(SHAPES), SETTINGS, finish,
+                     log=logged.append)
+    failures = [line for line in logged if "failed" in line or "CUDA error" in line]
+    assert len(failures) == 2, logged
+    assert any("write-back failed at T0" in line for line in failures)
+    assert any("illegal memory access" in line for line in failures)
+    assert str(raised.value) in failures[0]
+
+
+def test_a_fetch_that_times_out_ends_the_run_with_its_error():
+    """A fetch raising Python's TimeoutError (what a socket timeout is) is a failed fetch,
+    not a fetch still running (concurrent.futures.TimeoutError is the same class)."""
+
+    def timing_out(window):
+        raise TimeoutError("the server did not answer within 30 s")
+
+    raised = []
+
+    def run() -> None:
+        try:
+            run_pipeline([work("T0", timing_out)], lambda: OraclePredictor(SHAPES), SETTINGS, Recorder())
+        except TimeoutError as error:
+            raised.append(error)
+
+    assert not watched(run, timeout=30).is_alive(), "the pipeline waited on a failed fetch forever"
+    assert raised and "did not answer" in str(raised[0])
+
+
+def test_the_encoder_gets_as_many_windows_at_once_as_the_predictor_takes():
+    """A predictor that encodes 8 windows at once gets batches of 8 (not the fetch depth)."""
+    from sam2_refine.interface import RESOLUTION_WHOLE_FRAME
+
+    batches: list[int] = []
+
+    class EightAtOnce(BatchedOracle):
+        encode_batch_size = 8
+
+        def encode_batch(self, window_images, windows):
+            batches.append(len(windows))
+            return super().encode_batch(window_images, windows)
+
+    names = [f"T{t}" for t in range(16)]
+    finished = Recorder()
+    run_pipeline([work(name) for name in names], lambda: EightAtOnce(SHAPES),
+                 RefineSettings(0.7, 0, RESOLUTION_WHOLE_FRAME), finished)
+    assert finished.finished == names
+    assert max(batches) == 8 and sum(batches) == 16
+
+
+def test_settled_objects_cross_processes_whole_and_their_logits_stay_reachable(monkeypatch):
+    """With outline processes: every outcome comes back as settled in line, and the finish
+    step can read, for each object, the logits its outline came from, over its outline."""
+    from sam2_refine import engine, pipeline
+
+    seen: dict[str, list] = {}
+    real_finish = engine.finish_location
+
+    def finish_location(plan, accepted_elsewhere, settings):
+        seen.setdefault("masks", []).extend(plan.mask(owner) for owner in range(len(plan.outcomes)))
+        return real_finish(plan, accepted_elsewhere, settings)
+
+    monkeypatch.setattr(pipeline.engine, "finish_location", finish_location)
+    in_line, in_processes = Recorder(), Recorder()
+    run_pipeline([work("T0")], lambda: OraclePredictor(SHAPES), SETTINGS, in_line, workers=1)
+    run_pipeline([work("T0")], lambda: OraclePredictor(SHAPES), SETTINGS, in_processes, workers=2)
+    for a, b in zip(in_line.outcomes["T0"], in_processes.outcomes["T0"]):
+        assert a.polygon.equals_exact(b.polygon, 0) and a.found.equals_exact(b.found, 0)
+        assert (a.doubts, a.predicted_iou, a.cut, a.judged) == (b.doubts, b.predicted_iou, b.cut, b.judged)
+    masks = seen["masks"][len(SHAPES):]  # the run in processes
+    for outcome, mask in zip(in_processes.outcomes["T0"], masks):
+        x0, y0, x1, y1 = outcome.found.bounds
+        logits = mask.logits
+        window = mask.window
+        rows, cols = logits.grid
+        # the cells cover the outline's bounds (window frame)
+        assert logits.col0 * window.width / cols <= x0 - window.left + 1
+        assert logits.row0 * window.height / rows <= y0 - window.top + 1
+        assert (logits.col0 + logits.values.shape[1]) * window.width / cols >= x1 - window.left - 1
+        assert (logits.row0 + logits.values.shape[0]) * window.height / rows >= y1 - window.top - 1
+        assert (logits.values > 0).any()

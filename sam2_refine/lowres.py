@@ -1,0 +1,88 @@
+"""One object's low-resolution logits: the cells of SAM2's grid the engine keeps for it,
+and their bilinear resizing to window pixels over a region, as SAM2 resizes its masks.
+
+Frames: a low-resolution grid of (rows, cols) cells is stretched over the window; a region
+is (col0, row0, col1, row1) in window pixels, end-exclusive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .seam import Window, low_res_span
+
+# A region (col0, row0, col1, row1), end-exclusive, in window pixels.
+Region = tuple[int, int, int, int]
+
+
+def _source_positions(start: int, stop: int, output_size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear sampling of output pixels [start, stop) from a grid of `source_size`, as
+    torch's interpolate(align_corners=False) does when resizing source -> output."""
+    position = (np.arange(start, stop) + 0.5) * (source_size / output_size) - 0.5
+    position = np.clip(position, 0.0, None)
+    lower = np.minimum(np.floor(position).astype(np.int64), source_size - 1)
+    upper = np.minimum(lower + 1, source_size - 1)
+    return lower, upper, (position - lower).astype(np.float32)
+
+
+def resize_region(
+    low_res: np.ndarray, window_height: int, window_width: int, region: Region
+) -> np.ndarray:
+    """The logits resized to the window, over `region` only.
+
+    `region` is (col0, row0, col1, row1) in window pixels, end-exclusive. The values equal
+    those of resizing the whole (h, w) logit grid to (window_height, window_width) with
+    bilinear interpolation, which is how SAM2 makes its full-size masks.
+    """
+    return resize_crop(LowRes(low_res, 0, 0, low_res.shape), window_height, window_width, region)
+
+
+@dataclass(frozen=True)
+class LowRes:
+    """Cells [row0, row0 + rows) x [col0, col0 + cols) of a low-resolution logit grid of
+    `grid` (rows, cols) cells stretched over the window; `values` holds them."""
+
+    values: np.ndarray
+    row0: int
+    col0: int
+    grid: tuple[int, int]
+
+    def cropped_to(self, area: Region, window: Window) -> "LowRes":
+        """The cells of this crop that resizing reads for `area` (window pixels), as far as
+        it holds them (a view)."""
+        rows, cols = self.grid
+        col_span = low_res_span(area[0], area[2], window.width, cols)
+        row_span = low_res_span(area[1], area[3], window.height, rows)
+        row0, col0 = max(row_span.start, self.row0), max(col_span.start, self.col0)
+        return LowRes(self.values[row0 - self.row0:row_span.stop - self.row0, col0 - self.col0:col_span.stop - self.col0],
+                      row0, col0, self.grid)
+
+
+def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),
+                 grid: tuple[int, int] | None = None) -> LowRes:
+    """The cells over the window that resizing reads for `area`, from `logits` (h, w): the
+    whole low-resolution grid, or a crop of a grid of `grid` cells starting at cell `origin`
+    (row, col) that holds them (DecodedMasks.origins)."""
+    rows, cols = grid or logits.shape
+    col_span = low_res_span(area[0], area[2], window.width, cols)
+    row_span = low_res_span(area[1], area[3], window.height, rows)
+    row0, col0 = origin
+    return LowRes(np.ascontiguousarray(logits[row_span.start - row0:row_span.stop - row0,
+                                              col_span.start - col0:col_span.stop - col0], dtype=np.float32),
+                  row_span.start, col_span.start, (rows, cols))
+
+
+def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: Region) -> np.ndarray:
+    """`resize_region` from the cells a crop holds (it must hold those `region` reads)."""
+    col0, row0, col1, row1 = region
+    grid_rows, grid_cols = low_res.grid
+    row_lo, row_hi, row_weight = _source_positions(row0, row1, window_height, grid_rows)
+    col_lo, col_hi, col_weight = _source_positions(col0, col1, window_width, grid_cols)
+    # The crop holds every cell read (see `crop_low_res`), so these stay within it.
+    row_lo, row_hi = row_lo - low_res.row0, row_hi - low_res.row0
+    col_lo, col_hi = col_lo - low_res.col0, col_hi - low_res.col0
+    values = low_res.values
+    rows = values[row_lo] * (1 - row_weight)[:, None] + values[row_hi] * row_weight[:, None]
+    return rows[:, col_lo] * (1 - col_weight) + rows[:, col_hi] * col_weight

@@ -1,0 +1,196 @@
+"""The outline stage's workers: each unit of work is a chunk of objects settled
+(`engine.settle_all`: outline, review, SAM2's alternatives), in a process per CPU the job
+may use, or in line when there is one.
+
+The processes are forked from a fresh server process that has imported the engine (never
+from the worker, whose threads and model must not be copied), and end when the worker does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+
+import numpy as np
+import shapely
+
+from . import engine
+from .engine import ObjectMask, ObjectTask, Prompt, RefineSettings, Settled
+from .lowres import LowRes
+from .outcome import Outcome
+from .seam import Window
+from .tiling import Box
+
+WATCH_SECONDS = 0.5        # how often an outline process checks that the worker is still there
+
+
+def settle_timed(chunk: "TaskChunk", settings: RefineSettings) -> tuple["SettledChunk", float]:
+    """A chunk of tasks settled (`engine.settle_all`), with the seconds it took (in
+    whichever process runs it)."""
+    start = time.perf_counter()
+    settled = SettledChunk(engine.settle_all(chunk.tasks, settings))
+    return settled, time.perf_counter() - start
+
+
+# --- between processes -----------------------------------------------------------------------
+# Objects cross as plain fields, their outlines as one array of WKB and their logits as one
+# array of floats per chunk: pickling a dataclass, a polygon or an array per object would
+# cost the worker's own process more than the object's share of the chunk does.
+
+
+def _packed(arrays: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    shapes = [array.shape for array in arrays]
+    flat = np.concatenate([array.ravel() for array in arrays]) if arrays else np.empty(0, np.float32)
+    return flat.astype(np.float32, copy=False), shapes
+
+
+def _unpacked(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    arrays, offset = [], 0
+    for rows, cols in shapes:
+        arrays.append(flat[offset:offset + rows * cols].reshape(rows, cols))
+        offset += rows * cols
+    return arrays
+
+
+class TaskChunk:
+    """Tasks on their way to the outline stage."""
+
+    def __init__(self, tasks: list[ObjectTask]):
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __reduce__(self):
+        fields, arrays = [], []
+        for t in self.tasks:
+            p, b, w = t.prompt, t.prompt.box, t.window
+            logits = (t.mask, *t.candidates)
+            arrays += [low.values for low in logits]
+            fields.append((p.owner, (b.x0, b.y0, b.x1, b.y1), p.zone_bounds, (w.left, w.top, w.width, w.height),
+                           t.frame_size, t.decoded, t.predicted_iou, t.object_score, t.candidate_iou,
+                           [(low.row0, low.col0, low.grid) for low in logits]))
+        originals = shapely.to_wkb(np.array([t.prompt.original for t in self.tasks], dtype=object))
+        return TaskChunk._rebuilt, (fields, originals, *_packed(arrays))
+
+    @staticmethod
+    def _rebuilt(fields, originals, flat, shapes) -> "TaskChunk":
+        values = iter(_unpacked(flat, shapes))
+        tasks = []
+        for (owner, box, zone, window, frame_size, decoded, iou, score, candidate_iou, lows), original in \
+                zip(fields, shapely.from_wkb(originals)):
+            logits = [LowRes(next(values), row0, col0, tuple(grid)) for row0, col0, grid in lows]
+            tasks.append(ObjectTask(Prompt(owner, Box(*box), original, zone), Window(*window), tuple(frame_size),
+                                    tuple(decoded), logits[0], iou, score, tuple(logits[1:]), tuple(candidate_iou)))
+        return TaskChunk(tasks)
+
+
+class SettledChunk:
+    """Settled objects on their way back: their owners and outcomes, and the logits their
+    outlines came from, made into ObjectMasks only when asked for (`mask`)."""
+
+    def __init__(self, settled: list[Settled]):
+        self.owners = [item.owner for item in settled]
+        self.outcomes = [item.outcome for item in settled]
+        self._masks: list[ObjectMask | None] | None = [item.mask for item in settled]
+        self._packed = None
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def mask(self, k: int) -> ObjectMask | None:
+        if self._masks is None:
+            flat, shapes, where = self._packed
+            values = _unpacked(flat, shapes)
+            arrays = iter(values)
+            self._masks = [None if place is None else ObjectMask(Window(*place[0]), LowRes(next(arrays), *place[1:]))
+                           for place in where]
+        return self._masks[k]
+
+    def __reduce__(self):
+        polygons = shapely.to_wkb(np.array([o.polygon for o in self.outcomes], dtype=object))
+        found = shapely.to_wkb(np.array([o.found for o in self.outcomes], dtype=object))
+        fields = [(o.reason, o.doubts, o.predicted_iou, o.object_score, o.cut, o.recovered, o.judged)
+                  for o in self.outcomes]
+        masks = [self.mask(k) for k in range(len(self))]
+        where = [None if m is None else ((m.window.left, m.window.top, m.window.width, m.window.height),
+                                         m.logits.row0, m.logits.col0, m.logits.grid) for m in masks]
+        flat, shapes = _packed([m.logits.values for m in masks if m is not None])
+        return SettledChunk._rebuilt, (self.owners, fields, polygons, found, flat, shapes, where)
+
+    @staticmethod
+    def _rebuilt(owners, fields, polygons, found, flat, shapes, where) -> "SettledChunk":
+        chunk = SettledChunk([])
+        chunk.owners = owners
+        chunk.outcomes = [Outcome(polygon, reason, doubts, iou, score, outline, cut, recovered, judged)
+                          for polygon, outline, (reason, doubts, iou, score, cut, recovered, judged)
+                          in zip(shapely.from_wkb(polygons), shapely.from_wkb(found), fields)]
+        chunk._masks, chunk._packed = None, (flat, shapes, where)
+        return chunk
+
+
+class _InLine(Executor):
+    """Runs each task at once, in the calling thread (one CPU: nothing to gain elsewhere)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to whoever waits on the future
+            future.set_exception(error)
+        return future
+
+
+def _ready() -> None:
+    """A no-op for each outline process, so they start while the model loads."""
+
+
+def _start_outline_process(worker_pid: int) -> None:
+    """An outline process ends when the worker does, even when the worker is killed
+    outright (its pool's queues would wait for it forever: the processes hold each other's
+    ends of them); ^C is the worker's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while not _gone(worker_pid):
+            time.sleep(WATCH_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has ended: no longer there, or (Linux) dead but not yet
+    reaped by its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def outline_executor(workers: int) -> Executor:
+    """`workers` processes for the outline stage (in line when 1). They are forked from a
+    fresh server process that has imported the engine (never from this process, whose
+    threads and model must not be copied)."""
+    if workers <= 1:
+        return _InLine()
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["sam2_refine.outlines"])
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_outline_process,
+                                   initargs=(os.getpid(),))
+    for _ in range(workers):
+        executor.submit(_ready)
+    return executor
