@@ -89,7 +89,7 @@ class Platform:
         self.context = WorkerContext(dataset_id=dataset_id, api_url=api_url, token=token, params=parameters)
         self.dataset_id = dataset_id
         self._rest = Rest(self.context._gc, transport_settings)
-        self._dataset = Dataset(self._rest, lambda: self.context.dataset)
+        self._dataset = Dataset(self._rest, dataset_id, lambda: self.context.dataset)
         self._images = Images(self._rest, lambda: self.context.dataset)
         self._annotations = Annotations(self._rest, dataset_id)
         self._connections = Connections(self._rest, dataset_id)
@@ -106,6 +106,14 @@ class Platform:
             ) from error
 
     # --- the dataset and its image ---------------------------------------------------------
+
+    def require_write_access(self) -> None:
+        """A WorkerError if this job's user may read the dataset but not write it."""
+        self._dataset.require_write_access()
+
+    def require_visible_layer(self) -> None:
+        """A WorkerError if the dataset's image shows this job's user no layer."""
+        self._images.require_visible_layer()
 
     def frame_geometry(self) -> FrameGeometry:
         return self._dataset.frame_geometry()

@@ -9,9 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import WorkerError
 from .model import Window
-from .nimbus_transport import Rest
+from .nimbus_transport import Rest, status_of
 from .parameters import Location
+
+_ASK_FOR_THE_VIEW = ("Ask the dataset's owner to share it with you from the app (sharing a dataset there shares "
+                     "its view too), then run the tool again. Nothing was changed.")
 
 
 class Images:
@@ -32,6 +36,37 @@ class Images:
             images._contrast_range = _memoized_contrast(images._contrast_range)
             self._memoized = True
         return images
+
+    def require_visible_layer(self) -> None:
+        """Refuse a job whose image would be black as the user sees it: the user's view of
+        the dataset (their own, else any they may read, as the SDK and the app choose it)
+        and its configuration hold the layers, and each has its own access list on the
+        platform; or every layer is hidden."""
+        collections = self._dataset().collections
+
+        def layers() -> list[dict] | None:
+            if not collections.view:
+                return None
+            try:
+                return collections.layers
+            except Exception as error:
+                if status_of(error) in (400, 403):  # the configuration is gone, or not shared
+                    return None
+                raise
+
+        found = self._rest.read("read the dataset's layers", layers)
+        if found is None:
+            raise WorkerError(
+                "The dataset's view is not shared with you, so its image shows no layer to you",
+                info=_ASK_FOR_THE_VIEW, title="No visible layer",
+            )
+        if not any(layer.get("visible", True) for layer in found):
+            raise WorkerError(
+                "No layer of the dataset's image is visible in your view of it, so the image is black",
+                info="Make at least one layer visible in the app (with a contrast that shows the cells), then run "
+                     "the tool again. Nothing was changed.",
+                title="No visible layer",
+            )
 
     def frame(self, location: Location, max_size: int | None = None) -> np.ndarray:
         """The frame as the user sees it: visible layers composited, (rows, cols, 3) float32
