@@ -91,7 +91,7 @@ class Platform:
         self._rest = Rest(self.context._gc, transport_settings)
         self._dataset = Dataset(self._rest, dataset_id, lambda: self.context.dataset)
         self._images = Images(self._rest, lambda: self.context.dataset)
-        self._annotations = Annotations(self._rest, dataset_id)
+        self._annotations = Annotations(self._rest, dataset_id, lambda: self._dataset.frame_geometry().sizes)
         self._connections = Connections(self._rest, dataset_id)
 
     # --- interface ---------------------------------------------------------------------

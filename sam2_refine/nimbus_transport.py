@@ -261,9 +261,6 @@ class Rest:
         """A read-only POST's JSON answer (READ_ONLY_POSTS), parsed with orjson."""
         return orjson.loads(self._girder.post(path, json=body, jsonResp=False).content)
 
-    def get(self, path: str) -> Any:
-        return self._girder.get(path)
-
     def listing(self, what: str, path: str, query: dict) -> Iterator[dict]:
         """Every document `path` lists for `query`, in `_id` order, page by page along the
         `afterId` cursor; each page is released once its documents are consumed."""

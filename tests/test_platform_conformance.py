@@ -131,3 +131,44 @@ def test_every_page_of_a_listing_sends_its_total_count(server, monkeypatch):
     monkeypatch.setattr(nimbus_transport, "PAGE_SIZE", 2)
     platform = Platform(server.url, server.token, dataset_id, {})
     assert [record.id for record in platform.tagged_annotations(("x",), [Location(0, 0, 0)])] == ids
+
+
+def test_the_undo_history_keeps_each_write_of_the_user_and_undo_puts_deleted_documents_back_with_their_ids(server):
+    """As the plugin's history model: one entry per write, the user's newest 10; undo
+    reverts the newest not undone (a delete: the documents back with their ids; a create:
+    the documents removed), redo the oldest undone."""
+    dataset_id = server.add_dataset(frames(z=1, time=1))
+    created = _request(server, "POST", "upenn_annotation/multiple", [_point(dataset_id, x) for x in range(3)]).json()
+    ids = [document["_id"] for document in created]
+    assert _request(server, "DELETE", "upenn_annotation/multiple", ids[:2]).status_code == 200
+    assert [entry["actionName"] for entry in server.history(dataset_id)] == [
+        "Delete multiple annotations", "Create multiple annotations"]
+
+    def undo(action: str = "undo") -> None:
+        assert _request(server, "PUT", f"history/{action}", None, datasetId=dataset_id).status_code == 200
+
+    undo()
+    assert [a["_id"] for a in server.annotations(dataset_id)] == ids
+    assert server.annotations(dataset_id)[0] == created[0]
+    undo()
+    assert server.annotations(dataset_id) == []
+    undo("redo")
+    assert [a["_id"] for a in server.annotations(dataset_id)] == ids
+    for x in range(12):
+        _request(server, "POST", "upenn_annotation/multiple", [_point(dataset_id, x)])
+    entries = server.history(dataset_id)
+    assert len(entries) == 10 and not any(entry["isUndone"] for entry in entries)
+
+
+def test_without_hydrate_an_older_server_is_asked_id_by_id():
+    """[K] has no POST upenn_annotation/hydrate: Girder answers 400 "No matching route"."""
+    from nimbus_server import NimbusServer
+
+    with NimbusServer(missing_routes={"POST upenn_annotation/hydrate"}) as older:
+        dataset_id = older.add_dataset(frames(z=1, time=1))
+        present = older.add_annotation(dataset_id, [(1, 1)], shape="point")
+        platform = Platform(older.url, older.token, dataset_id, {})
+        assert platform.existing_annotations([present, "0" * 24]) == {present}
+        asked = [(method, path, status) for method, path, _, status in older.request_log if "upenn_annotation" in path]
+    assert asked == [("POST", "upenn_annotation/hydrate", 400), ("GET", f"upenn_annotation/{present}", 200),
+                     ("GET", f"upenn_annotation/{'0' * 24}", 400)]

@@ -34,7 +34,7 @@ def test_a_hung_read_fails_the_job_within_the_retry_budget(server, dataset, orac
     3 s of the first, and each lasts 1 s, so at most 3 reach the server (0, 1.25, 2.75 s
     after the first, with 0.25 s and 0.5 s of backoff). The SDK's own urllib3 retries
     (five more per attempt) would make that 18."""
-    hung = server.inject_fault("GET", r"^upenn_annotation$", delay=HUNG)
+    hung = server.inject_fault("POST", r"^upenn_annotation/list/ids$", delay=HUNG)  # read-only: retried
     environment = {**oracle_env(tmp_path, cells()), "SAM2_REFINE_HTTP_TIMEOUT": "1", "SAM2_REFINE_RETRY_SECONDS": "3"}
 
     started = time.monotonic()
