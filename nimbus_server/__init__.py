@@ -6,7 +6,9 @@
         client = nimbusimage.connect(server.url, token=server.token)
 """
 
+from nimbus_server.access import ADMIN, NONE, READ, WRITE
+from nimbus_server.api import NEWER_ROUTES
 from nimbus_server.errors import ApiError
 from nimbus_server.server import Fault, NimbusServer
 
-__all__ = ["ApiError", "Fault", "NimbusServer"]
+__all__ = ["ADMIN", "NEWER_ROUTES", "NONE", "READ", "WRITE", "ApiError", "Fault", "NimbusServer"]

@@ -80,7 +80,8 @@ class ImageData:
         return {key: getattr(self, attr) for key, attr in _AXES}
 
     def _frame_entry(self, frame: int, varying: dict[str, int]) -> dict:
-        entry: dict[str, int] = {"Frame": frame, "Index": frame // self.num_c}
+        entry: dict[str, Any] = {"Channel": self.channel_names[frame % self.num_c], "Frame": frame,
+                                 "Index": frame // self.num_c}
         rest = frame
         for key, attr in _AXES:
             size = getattr(self, attr)
@@ -90,13 +91,9 @@ class ImageData:
         return entry
 
     def tiles_metadata(self) -> dict:
-        sizes = self._sizes()
-        varying = {key: size for key, size in sizes.items() if size > 1}
-        stride, step = {}, 1
-        for key, size in sizes.items():
-            if key in varying:
-                stride[key] = step
-            step *= size
+        """As girder_large_image answers for the dataset's multi-source image: a single
+        frame has no `frames`, `channels`, `channelmap` or `IndexRange` at all; with more
+        frames, each names its channel, and only the axes longer than 1 are indexed."""
         levels = max(1, math.ceil(math.log2(max(self.width, self.height) / TILE_SIZE)) + 1)
         meta: dict[str, Any] = {
             "sizeX": self.width,
@@ -109,13 +106,22 @@ class ImageData:
             "mm_y": self.mm_x,
             "dtype": str(self.planes.dtype),
             "bandCount": 1,
+        }
+        if self.num_frames == 1:
+            return meta
+        varying = {key: size for key, size in self._sizes().items() if size > 1}
+        stride, step = {}, 1
+        for key, size in self._sizes().items():
+            if key in varying:
+                stride[key] = step
+            step *= size
+        meta.update({
             "channels": list(self.channel_names),
             "channelmap": {name: index for index, name in enumerate(self.channel_names)},
             "frames": [self._frame_entry(f, varying) for f in range(self.num_frames)],
-        }
-        if self.num_frames > 1:
-            meta["IndexRange"] = varying
-            meta["IndexStride"] = stride
+            "IndexRange": varying,
+            "IndexStride": stride,
+        })
         return meta
 
     # --- tiles/region -------------------------------------------------------

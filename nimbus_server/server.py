@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
+from nimbus_server.access import READ
 from nimbus_server.api import Api, Request, Response
 from nimbus_server.errors import ApiError
 from nimbus_server.store import Store
@@ -128,17 +129,18 @@ class _Handler(BaseHTTPRequestHandler):
 class NimbusServer:
     """An in-process NimbusImage/Girder REST server for tests.
 
-    ``with NimbusServer() as server: ...`` starts and stops it.
-    ``missing_id_status`` is the status for ids that name nothing (Girder
-    itself answers 400 "Invalid <model> id (...)."; the default is 404).
+    ``with NimbusServer() as server: ...`` starts and stops it. ``token`` logs in the
+    user who owns every dataset added; `add_user` and `share` make others.
+    ``missing_routes`` ("METHOD pattern", e.g. ``api.NEWER_ROUTES``) are left out, as a
+    server with an older annotation plugin lacks them (Girder answers 400 "No matching
+    route").
     """
 
-    def __init__(self, token: str | None = None, missing_id_status: int = 404, max_body_bytes: int | None = None,
-                 put_keeps_only_schema_fields: bool = False) -> None:
+    def __init__(self, token: str | None = None, max_body_bytes: int | None = None,
+                 put_keeps_only_schema_fields: bool = False, missing_routes: Sequence[str] = ()) -> None:
         self.token = token if token is not None else secrets.token_hex(24)
-        self._store = Store(missing_id_status=missing_id_status,
-                            put_keeps_only_schema_fields=put_keeps_only_schema_fields)
-        self._api = Api(self._store)
+        self._store = Store(self.token, put_keeps_only_schema_fields=put_keeps_only_schema_fields)
+        self._api = Api(self._store, frozenset(missing_routes))
         self._faults: list[Fault] = []
         self._random_faults: RandomFaults | None = None
         self._log: list[LogEntry] = []
@@ -231,6 +233,21 @@ class NimbusServer:
         frames = np.stack(planes)[np.newaxis, np.newaxis, np.newaxis]
         return self.add_dataset(frames, name, names, layers, mm_x)
 
+    def add_user(self, login: str, token: str | None = None) -> str:
+        """A new user (with a Private folder, no access to anything else); returns their token."""
+        return self._store.add_user(login, token)
+
+    def share(self, dataset_id: str, login: str, level: int = READ, view: bool = True) -> None:
+        """Give the user `login` `level` (access.READ, WRITE, ADMIN; NONE takes it away)
+        on the dataset's folder; with `view`, on its view and configuration too, as the
+        app's Share does (without: as Girder's own folder sharing, which the view's
+        access list does not follow)."""
+        self._store.share(dataset_id, login, level, view)
+
+    def history(self, dataset_id: str) -> list[dict]:
+        """The dataset owner's undo entries in the dataset, newest first."""
+        return self._store.history_entries(dataset_id, self._store.owner)
+
     def add_annotation(
         self,
         dataset_id: str,
@@ -281,8 +298,9 @@ class NimbusServer:
         return self._store.dataset_connections(dataset_id)
 
     def delete_annotations(self, annotation_ids: Sequence[str]) -> None:
-        """Remove annotations directly (for tests and benchmarks); connections are kept."""
-        self._store.delete_annotations(list(annotation_ids))
+        """Remove annotations directly (for tests and benchmarks, not in any undo history);
+        connections are kept."""
+        self._store.delete_annotations(list(annotation_ids), None)
 
     @property
     def interfaces(self) -> dict[str, Any]:
@@ -408,9 +426,10 @@ class NimbusServer:
         return response
 
     def _answer(self, handler: _Handler, request: Request) -> Response:
-        given = handler.headers.get("Girder-Token", "").encode("utf-8")
-        if not secrets.compare_digest(given, self.token.encode("utf-8")):
+        user = self._store.user_for(handler.headers.get("Girder-Token", ""))
+        if user is None:
             return Response.of_error(ApiError(401, "You must be logged in.", "access"))
+        request.user = user
         try:
             return self._api.handle(request)
         except ApiError as error:
@@ -424,6 +443,8 @@ class NimbusServer:
             handler.send_response(response.status)
             handler.send_header("Content-Type", response.content_type)
             handler.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers.items():
+                handler.send_header(name, value)
             handler.end_headers()
             if handler.command != "HEAD":
                 handler.wfile.write(response.body)

@@ -141,6 +141,9 @@ def run_compute(
     `load_predictor` then returns the predictor."""
     models = ui.available_checkpoints()
     params: RefineParameters = parse_parameters(raw_parameters, dataset_id, models, ui.checkpoint_dir())
+    # What the platform lets this user do, asked once before the model loads or anything is read.
+    platform.require_write_access()
+    platform.require_visible_layer()
     frame = platform.frame_geometry()
     locations = resolve_locations(params, frame.sizes)
     if prepare_predictor is not None:

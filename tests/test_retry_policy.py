@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from girder_client import HttpError
+from requests.adapters import HTTPAdapter
 
 from nimbus_server import NimbusServer
 from sam2_refine import nimbus
@@ -136,13 +137,13 @@ def test_a_body_too_large_for_the_server_is_refused_as_such():
 def test_a_write_that_never_reached_the_server_is_sent_again_until_the_budget_ends(monkeypatch):
     monkeypatch.setattr(nimbus, "RETRY_SECONDS", 0.3)
     attempts = []
-    send = nimbus.HTTPAdapter.send
+    send = HTTPAdapter.send
 
     def counting(self, request, **kwargs):
         attempts.append(request.method)
         return send(self, request, **kwargs)
 
-    monkeypatch.setattr(nimbus.HTTPAdapter, "send", counting)
+    monkeypatch.setattr(HTTPAdapter, "send", counting)
     with NimbusServer() as server:
         url, token = server.url, server.token  # nothing listens there once it has stopped
     platform = Platform(url, token, "0" * 24, {})
@@ -172,7 +173,7 @@ def test_settings_are_read_from_the_environment(monkeypatch):
 
 
 def test_the_sessions_transport_is_ours_for_every_scheme(server, dataset):
-    session = platform_for(server, dataset)._girder._session
+    session = platform_for(server, dataset).context._gc._session
     assert isinstance(session.get_adapter("http://127.0.0.1/"), nimbus.JobTransport)
     assert isinstance(session.get_adapter("https://example.org/"), nimbus.JobTransport)
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sam2_refine import nimbus
+from sam2_refine import nimbus, nimbus_transport
 from sam2_refine.errors import WorkerError
 from sam2_refine.nimbus import OutcomeUnknown, Platform
 from tests.conftest import cells, compute_parameters, frames, oracle_env, run_worker
@@ -34,7 +34,7 @@ def test_a_hung_read_fails_the_job_within_the_retry_budget(server, dataset, orac
     3 s of the first, and each lasts 1 s, so at most 3 reach the server (0, 1.25, 2.75 s
     after the first, with 0.25 s and 0.5 s of backoff). The SDK's own urllib3 retries
     (five more per attempt) would make that 18."""
-    hung = server.inject_fault("GET", r"^upenn_annotation$", delay=HUNG)
+    hung = server.inject_fault("POST", r"^upenn_annotation/list/ids$", delay=HUNG)  # read-only: retried
     environment = {**oracle_env(tmp_path, cells()), "SAM2_REFINE_HTTP_TIMEOUT": "1", "SAM2_REFINE_RETRY_SECONDS": "3"}
 
     started = time.monotonic()
@@ -105,17 +105,17 @@ class SamePage:
 
 
 def test_paging_stops_when_the_cursor_does_not_advance(server, dataset, monkeypatch):
-    monkeypatch.setattr(nimbus, "PAGE_SIZE", 2)
+    monkeypatch.setattr(nimbus_transport, "PAGE_SIZE", 2)
     platform = platform_for(server, dataset)
-    platform._girder = SamePage([{"_id": "6" * 24}, {"_id": "7" * 24}])
+    platform._rest._girder = SamePage([{"_id": "6" * 24}, {"_id": "7" * 24}])
     with pytest.raises(WorkerError) as caught:
         platform.dataset_connections()
     assert "paging would never end" in caught.value.message
-    assert platform._girder.calls == 2
+    assert platform._rest._girder.calls == 2
 
 
 def test_paging_follows_the_cursor_through_the_real_server(server, dataset, monkeypatch):
-    monkeypatch.setattr(nimbus, "PAGE_SIZE", 2)
+    monkeypatch.setattr(nimbus_transport, "PAGE_SIZE", 2)
     ids = [server.add_connection(dataset, "a" * 24, f"{index:024x}") for index in range(5)]
     found = platform_for(server, dataset).dataset_connections()
     assert [connection.id for connection in found] == sorted(ids)
