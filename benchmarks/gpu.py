@@ -187,7 +187,7 @@ def setup(out: Path | None, dry_run: bool) -> int:
 def logits_by_object(predictor, crop: np.ndarray, window, boxes, members, size: int, encoded=None) -> list[np.ndarray]:
     """Each member's logits over its search area, in image pixels, decoded in one batch."""
     from sam2_refine.engine import resize_region
-    from sam2_refine.model import decode_masks
+    from sam2_refine.seam import decode_masks
     from sam2_refine.tiling import search_area
 
     if encoded is None:
@@ -243,7 +243,8 @@ def run_checks(out: Path | None, dry_run: bool) -> int:
     from benchmarks.run import CHECKPOINT_DIR, CONFIGS, ensure_checkpoints
     from benchmarks.workload import make_workload
     from sam2_refine.engine import prompt_box
-    from sam2_refine.model import Sam2Predictor, Window
+    from sam2_refine.model import Sam2Predictor
+    from sam2_refine.seam import Window
     from sam2_refine.tiling import auto_windows
 
     checks = Checks(out)

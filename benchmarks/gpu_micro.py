@@ -120,7 +120,7 @@ def decode_batches(recorder: Recorder, budget: Budget, dry_run: bool, device: st
     from benchmarks.precision import frame_image
     from benchmarks.workload import make_workload
     from sam2_refine.engine import prompt_box
-    from sam2_refine.model import Window, decode_masks
+    from sam2_refine.seam import Window, decode_masks
     from sam2_refine.tiling import search_area
 
     size, count, batches, repeat = (512, 40, (4, 8), 2) if dry_run else (2048, 1000, (16, 32, 64, 128), 5)
@@ -154,7 +154,7 @@ def decode_batches(recorder: Recorder, budget: Budget, dry_run: bool, device: st
 
 
 def encoder_batches(recorder: Recorder, budget: Budget, dry_run: bool, device: str | None) -> None:
-    from sam2_refine.model import Window
+    from sam2_refine.seam import Window
 
     rng = np.random.default_rng(0)
     models, batches, repeat = (("tiny",), (1, 2), 1) if dry_run else (("tiny", "small"), (1, 2, 4, 8), 3)
@@ -237,7 +237,7 @@ def whole_decode(recorder: Recorder, budget: Budget, dry_run: bool, device: str 
     """One decode call of 64 boxes (dry run 8) under each backend: every attention of the decoder."""
     from torch.nn.attention import sdpa_kernel
 
-    from sam2_refine.model import Window, decode_masks
+    from sam2_refine.seam import Window, decode_masks
 
     if budget.left() < 10:
         return

@@ -122,7 +122,8 @@ def main() -> int:
     import torch
 
     from sam2_refine.engine import prompt_box, resize_region
-    from sam2_refine.model import Sam2Predictor, native_bf16_flags
+    from sam2_refine.model import Sam2Predictor
+    from sam2_refine.sam2_build import native_bf16_flags
     from sam2_refine.tiling import auto_windows, search_area
 
     print(f"$ .venv/bin/python benchmarks/precision.py --size {args.size} --count {args.count} "

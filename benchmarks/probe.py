@@ -176,7 +176,7 @@ class TimedPredictor:
         return self.decode(boxes).logits
 
     def decode(self, boxes: np.ndarray, areas: np.ndarray | None = None):
-        from sam2_refine.model import DecodedMasks, decode_masks
+        from sam2_refine.seam import DecodedMasks, decode_masks
 
         w = self._window
         CLOCK.values["image_px_per_mask_px"] += [max(w.width, w.height) / LOW_RES] * len(boxes)

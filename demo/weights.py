@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from sam2_refine.model import OFFICIAL_CONFIGS
+from sam2_refine.sam2_build import OFFICIAL_CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
 # Relative to where the demo runs (`make demo`: the repository root), like `make weights`.

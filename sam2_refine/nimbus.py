@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterator, Mapping
 import numpy as np
 
 from .errors import WorkerError
-from .model import Window
+from .seam import Window
 from .nimbus_annotations import Annotations
 from .nimbus_connections import Connections
 from .nimbus_dataset import Dataset, FrameGeometry

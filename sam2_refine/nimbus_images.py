@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WorkerError
-from .model import Window
+from .seam import Window
 from .nimbus_transport import Rest, status_of
 from .parameters import Location
 

@@ -23,7 +23,7 @@ from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError, unexpected
 from .markers import run_key
 from .messages import Reporter, plural
-from .model import MODEL_INPUT_SIDE, MaskPredictor
+from .seam import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
 from .originals import prompt_coordinates
 from .outcome import Outcome

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from sam2_refine.model import DecodedMasks, Window
+from sam2_refine.seam import DecodedMasks, Window
 from tests.synthetic_cells import Answer, answer_from_json
 
 LOW_RES = 256

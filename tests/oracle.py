@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2_refine.model import DecodedMasks, Window
+from sam2_refine.seam import DecodedMasks, Window
 
 LOW_RES = 256
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2_refine.model import DecodedMasks, Sam2Predictor, Window
+from sam2_refine.model import Sam2Predictor
+
+from sam2_refine.seam import DecodedMasks, Window
 from tests.oracle import ScoredOraclePredictor, Shape, shapes_from_json
 
 

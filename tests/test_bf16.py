@@ -5,7 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam2_refine.model import Sam2Predictor, Window, choose_precision, native_bf16_flags
+from sam2_refine.model import Sam2Predictor
+
+from sam2_refine.sam2_build import choose_precision, native_bf16_flags
+
+from sam2_refine.seam import Window
 from tests.conftest import TINY
 
 SAPPHIRE_RAPIDS = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"

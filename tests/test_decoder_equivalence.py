@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sam2_refine.engine import resize_region
-from sam2_refine.model import LOW_RES_SIDE, NOT_DECODED, Sam2Predictor, Window, low_res_span
+from sam2_refine.model import NOT_DECODED, Sam2Predictor
+from sam2_refine.seam import LOW_RES_SIDE, Window, low_res_span
 from tests.conftest import TINY
 
 # (window height, width): wider than tall, and a window smaller than the low-res grid.

@@ -23,7 +23,7 @@ import pytest
 
 from benchmarks import gpu, gpu_record, gpu_table, gpu_wheels, probe
 from benchmarks.run import AUTO, EXISTING, WHOLE, Result
-from sam2_refine.model import Window
+from sam2_refine.seam import Window
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_SH = REPO / "benchmarks" / "gpu.sh"
@@ -84,7 +84,13 @@ def test_the_step_budgets_leave_time_for_a_second_run():
 
 def test_the_dry_run_writes_each_steps_log_and_the_json_table_as_the_device_tool_brings_them_back(tmp_path):
     """The setup and table steps on the CPU: the files under $OUT, the versions, the table's rows."""
-    run = gpu_sh(tmp_path, "--dry-run", "setup", "table", timeout=900)
+    # The carried wheels' manifest as gpu_wheels.sh writes it (.whl/ itself is git-ignored:
+    # a clean clone has none), listing packages the pins do not name.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "MANIFEST.txt").write_text("".join(
+        f"{name}=={metadata.version(name)}\n" for name in ("orjson", "pydantic", "typing-extensions")))
+    run = gpu_sh(tmp_path, "--dry-run", "setup", "table", timeout=900, GPU_WHEELS=str(wheels))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "out"
     files = sorted(p.name for p in out.iterdir())
@@ -184,14 +190,15 @@ def test_encoder_time_is_counted_as_encoding_when_the_gpu_runs_asynchronously(fa
 
 
 def test_batched_encoding_goes_through_the_probe_as_the_pipeline_uses_it(fake_gpu):
-    from sam2_refine.pipeline import _batches, _encode_batch_size
+    from sam2_refine.seam import adapt
 
     inner = FakeBatchPredictor(fake_gpu)
     timed = probe.wrap(inner, None)
-    assert _batches(timed) and _encode_batch_size(timed) == 1
+    adapted = adapt(timed)
+    assert adapted.batches and adapted.encode_batch_size == 1
     windows = [Window(0, 0, 8, 8), Window(8, 0, 8, 8), Window(16, 0, 8, 8)]
     encoded = timed.encode_batch([np.zeros((8, 8, 3), np.float32)] * 3, windows)
-    assert _encode_batch_size(timed) == 4  # what the real predictor sized after its first batch
+    assert adapted.encode_batch_size == 4  # what the real predictor sized after its first batch
     timed.use(encoded[1])
     assert inner.current == windows[1]
     timed.decode(np.array([[1, 1, 5, 5]], np.float32))
@@ -201,15 +208,14 @@ def test_batched_encoding_goes_through_the_probe_as_the_pipeline_uses_it(fake_gp
 
 
 def test_a_predictor_without_batches_or_sizes_stays_without_them_behind_the_probe(fake_gpu):
-    from sam2_refine.model import decode_batch_size
-    from sam2_refine.pipeline import _batches
+    from sam2_refine.seam import adapt
 
     inner = FakePredictor(fake_gpu)
     del inner.decode_batch_size
     timed = probe.wrap(inner, None)
-    assert not _batches(timed)
+    assert not adapt(timed).batches
     assert not hasattr(timed, "encode_batch_size") and not hasattr(timed, "device_warning")
-    assert decode_batch_size(timed) == decode_batch_size(inner)
+    assert adapt(timed).decode_batch_size == adapt(inner).decode_batch_size
 
 
 def test_the_peak_gpu_memory_reaches_the_table(fake_gpu, monkeypatch, tmp_path):

@@ -10,7 +10,9 @@ import pytest
 
 from sam2_refine.engine import resize_region
 from sam2_refine.errors import WorkerError
-from sam2_refine.model import Sam2Predictor, Window, config_for_checkpoint
+from sam2_refine.model import Sam2Predictor
+from sam2_refine.sam2_build import config_for_checkpoint
+from sam2_refine.seam import Window
 from tests.conftest import TINY
 
 
