@@ -7,8 +7,6 @@ metadata says so, as large_image does for a multi-frame source.
 from __future__ import annotations
 
 import io
-import json
-import math
 import threading
 import pickle
 from dataclasses import dataclass
@@ -16,16 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from nimbus_server import resampling, styling
 from nimbus_server.errors import ApiError
 
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
-TILE_SIZE = 256
+HISTOGRAM_SIZE = 2048  # tiles/histogram's default width and height
+STYLE_RANGE_SIZE = 1024  # the size at which large_image scans a frame's range for a style
 # (name in IndexRange, size attribute), fastest-varying first.
 _AXES = (("IndexC", "num_c"), ("IndexZ", "num_z"), ("IndexT", "num_t"), ("IndexXY", "num_xy"))
-_NAMED_COLORS = {
-    "black": "#000000", "white": "#ffffff", "red": "#ff0000",
-    "green": "#00ff00", "blue": "#0000ff",
-}
 
 
 def _bad(message: str) -> ApiError:
@@ -94,12 +90,12 @@ class ImageData:
         """As girder_large_image answers for the dataset's multi-source image: a single
         frame has no `frames`, `channels`, `channelmap` or `IndexRange` at all; with more
         frames, each names its channel, and only the axes longer than 1 are indexed."""
-        levels = max(1, math.ceil(math.log2(max(self.width, self.height) / TILE_SIZE)) + 1)
+        tile, levels = resampling.pyramid(self.width, self.height)
         meta: dict[str, Any] = {
             "sizeX": self.width,
             "sizeY": self.height,
-            "tileWidth": TILE_SIZE,
-            "tileHeight": TILE_SIZE,
+            "tileWidth": tile,
+            "tileHeight": tile,
             "levels": levels,
             "magnification": None,
             "mm_x": self.mm_x,
@@ -136,27 +132,24 @@ class ImageData:
         return frame
 
     def region(self, query: dict[str, str]) -> Region:
+        """The region as girder_large_image serves it (`resampling`): read from the pyramid
+        level its size needs, styled there if asked, then resampled to that size."""
         frame = self._frame(query.get("frame", 0))
         rows, cols = self._bounds(query)
         if rows.stop <= rows.start or cols.stop <= cols.start:
             raise _bad("Region has no area.")
-        height, width = rows.stop - rows.start, cols.stop - cols.start
-        out_h, out_w = _output_size(height, width, _optional_int(query, "width"), _optional_int(query, "height"))
-        factor = _level_factor(height, width, out_h, out_w)
-
-        def read(band_frame: int) -> np.ndarray:
-            """The region's raw pixels at the pyramid level large_image would read."""
-            data = self.planes[band_frame, rows, cols]
-            if factor == 1:
-                return data
-            return _box_resize(data[..., np.newaxis], -(-height // factor), -(-width // factor))[..., 0]
-
+        read = resampling.plan(rows, cols, self.width, self.height, _optional_int(query, "width"),
+                               _optional_int(query, "height"))
         if "style" in query:
-            data = self._styled(_parse_style(query["style"]), frame, read)
+            data = styling.style(styling.parse_style(query["style"]), lambda f: read.of(self.planes[self._frame(f)]),
+                                 frame, self._style_bound)
+            if read.needs_resample:
+                data = resampling.resample_styled(data, read.size)
         else:
-            data = read(frame)[..., np.newaxis]
-        if (out_h, out_w) != data.shape[:2]:
-            data = _box_resize(data, out_h, out_w)
+            data = read.of(self.planes[frame])
+            if read.needs_resample:
+                data = resampling.resample(data, read.size)
+            data = data[..., np.newaxis]
         return _encode(np.ascontiguousarray(data), query.get("encoding", "JPEG"))
 
     def _bounds(self, query: dict[str, str]) -> tuple[slice, slice]:
@@ -171,56 +164,58 @@ class ImageData:
         bottom = _optional_float(query, "bottom", 1.0 if units == "fraction" else self.height) * scale_y
         return _span(top, bottom, self.height), _span(left, right, self.width)
 
-    def _styled(self, bands: list[dict], frame: int, read) -> np.ndarray:
-        """Each band (its pixels from `read(frame)`) windowed to min..max through its
-        palette; the bands composited with "lighten". Returns 8-bit RGBA."""
-        rgb = None
-        for band in bands:
-            band_frame = self._frame(band.get("frame", frame))
-            data = read(band_frame).astype(np.float64)
-            full = self.planes[band_frame]
-            low = _style_bound(band.get("min", "min"), full, "min")
-            high = _style_bound(band.get("max", "max"), full, "max")
-            scaled = np.clip((data - low) / ((high - low) if high != low else 1.0), 0.0, 1.0)
-            colored = _apply_palette(scaled, band.get("palette", ["#000000", "#ffffff"]))
-            rgb = colored if rgb is None else np.maximum(rgb, colored)
-        assert rgb is not None
-        out = np.empty(rgb.shape[:2] + (4,), dtype=np.uint8)
-        out[..., :3] = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-        out[..., 3] = 255
-        return out
+    def _level_pixels(self, frame: int, max_width: int, max_height: int) -> np.ndarray:
+        """The pixels of the level large_image reads, without resampling, for the whole frame
+        at no more than max_width x max_height (histograms; a style's frame range)."""
+        whole = slice(0, self.height), slice(0, self.width)
+        return resampling.plan(*whole, self.width, self.height, max_width, max_height).of(self.planes[frame])
+
+    def _style_bound(self, value: Any, which: str, frame: int) -> float:
+        """A style band's min or max; "min", "max" and "auto" read the frame's range as
+        large_image scans it: the level it reads for 1024 x 1024."""
+        def band_range() -> tuple[float, float]:
+            pixels = self._level_pixels(self._frame(frame), min(self.width, STYLE_RANGE_SIZE),
+                                        min(self.height, STYLE_RANGE_SIZE))
+            return float(pixels.min()), float(pixels.max())
+
+        return styling.style_bound(value, which, band_range, self.planes.dtype)
 
     # --- tiles/histogram ----------------------------------------------------
 
     def histogram(self, query: dict[str, str]) -> list[dict]:
-        """The frame's histogram, computed once per (frame, bins, size) as large_image caches
-        it: a client fetching many regions asks for it with each one. With `width`/`height`,
-        of the pyramid level large_image reads without resampling: the smallest whose
-        power-of-two step still gives at least that size."""
-        largest = max(_optional_int(query, "width") or 0, _optional_int(query, "height") or 0) or None
-        key = (self._frame(query.get("frame", 0)), _optional_int(query, "bins") or 256, largest)
+        """The frame's histogram as girder_large_image answers it with `resample=false`, as
+        the app and the SDK ask for it (large_image `histogram`): of the pyramid level it
+        reads for `width` x `height` (2048 by default; the SDK asks for 2048), over [min,
+        max + 1], every number a float but `bins`. (Without `resample=false` the platform
+        resamples each tile through PIL in 8 bits; nobody asks so.) Computed once per (frame,
+        bins, size), as large_image caches it: a client fetching many regions asks for it
+        with each one."""
+        width = _optional_int(query, "width") or HISTOGRAM_SIZE
+        height = _optional_int(query, "height") or HISTOGRAM_SIZE
+        key = (self._frame(query.get("frame", 0)), _optional_int(query, "bins") or 256, width, height)
         with self._histogram_lock:
             if key not in self._histograms:
                 self._histograms[key] = self._histogram(*key)
             return self._histograms[key]
 
-    def _histogram(self, frame: int, bins: int, largest: int | None) -> list[dict]:
-        data = self.planes[frame]
-        if largest:
-            step = 2 ** max(0, math.floor(math.log2(max(data.shape) / largest)))
-            data = data[::step, ::step]
-        values = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
-        low, high = (values.min(), values.max()) if values.size else (0, 0)
-        hist, edges = np.histogram(values, bins=bins, range=(float(low), float(max(high, low + 1))))
-        as_number = int if data.dtype.kind in "ui" else float
+    def _histogram(self, frame: int, bins: int, width: int, height: int) -> list[dict]:
+        values = self._level_pixels(frame, width, height)
+        low, high = float(values.min()), float(values.max())
+        as_float = values.astype(np.float64)
+        mean = float(as_float.mean())
+        variance = float((as_float ** 2).mean()) - mean ** 2  # as large_image computes it
+        counts, edges = np.histogram(values, bins, (low, high + 1))
         return [{
-            "min": as_number(low),
-            "max": as_number(high),
-            "mean": float(values.mean()) if values.size else 0.0,
-            "stdev": float(values.std()) if values.size else 0.0,
-            "samples": int(values.size),
-            "hist": [int(count) for count in hist],
+            "min": low,
+            "max": high,
+            "mean": mean,
+            "stdev": max(variance, 0.0) ** 0.5,
+            "range": [low, high + 1],
+            "hist": [float(count) for count in counts],
             "bin_edges": [float(edge) for edge in edges],
+            "bins": bins,
+            "density": False,
+            "samples": float(counts.sum()),
         }]
 
 
@@ -254,97 +249,6 @@ def _span(low: float, high: float, size: int) -> slice:
     return slice(start, stop)
 
 
-def _output_size(height: int, width: int, max_w: int | None, max_h: int | None) -> tuple[int, int]:
-    """The region's size fitted inside max_w x max_h, keeping the aspect
-    ratio; never larger than the region."""
-    if max_w is None and max_h is None:
-        return height, width
-    if max_w is not None and (max_h is None or max_w * height <= max_h * width):
-        if max_w >= width:
-            return height, width
-        return max(1, height * max_w // width), max_w
-    assert max_h is not None
-    if max_h >= height:
-        return height, width
-    return max_h, max(1, width * max_h // height)
-
-
-def _level_factor(height: int, width: int, out_h: int, out_w: int) -> int:
-    """The downsampling of the pyramid level large_image reads a region from: the largest
-    power of two that keeps the level at least as fine as the requested output."""
-    ratio = min(height / out_h, width / out_w)
-    return 2 ** int(math.floor(math.log2(ratio))) if ratio >= 2 else 1
-
-
-def _box_resize(data: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Downsample (H, W, bands) by averaging the source pixels of each output pixel."""
-    resized = data.astype(np.float64)
-    for axis, size in ((0, out_h), (1, out_w)):
-        length = resized.shape[axis]
-        starts = (np.arange(size) * length) // size
-        counts = np.diff(np.append(starts, length))
-        shape = [1, 1, 1]
-        shape[axis] = size
-        resized = np.add.reduceat(resized, starts, axis=axis) / counts.reshape(shape)
-    if data.dtype.kind in "ui":
-        info = np.iinfo(data.dtype)
-        resized = np.clip(np.round(resized), info.min, info.max)
-    return resized.astype(data.dtype)
-
-
-def _parse_style(text: str) -> list[dict]:
-    try:
-        style = json.loads(text)
-    except ValueError:
-        raise _bad("The style parameter must be JSON.") from None
-    if not isinstance(style, dict):
-        raise _bad("The style parameter must be a JSON object.")
-    bands = style.get("bands", [style])
-    if not isinstance(bands, list) or not bands or not all(isinstance(b, dict) for b in bands):
-        raise _bad("style.bands must be a non-empty list of objects.")
-    return bands
-
-
-def _style_bound(value: Any, data: np.ndarray, which: str) -> float:
-    """A band's min or max: a number, or the frame's own "min"/"max"
-    ("auto" is taken as the frame's own bound, "full" as the dtype's range)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if value == "auto":
-        value = which
-    if value in ("min", "max"):
-        return float(data.min() if value == "min" else data.max())
-    if value == "full":
-        if which == "min":
-            return 0.0
-        return 1.0 if data.dtype.kind == "f" else float(np.iinfo(data.dtype).max)
-    raise _bad(f"Unsupported style {which}: {value!r}.")
-
-
-def _color(text: Any) -> np.ndarray:
-    text = _NAMED_COLORS.get(text, text) if isinstance(text, str) else text
-    if not isinstance(text, str) or not text.startswith("#") or len(text) not in (4, 7, 9):
-        raise _bad(f"Unsupported palette color: {text!r}.")
-    digits = text[1:]
-    if len(digits) == 3:
-        digits = "".join(ch * 2 for ch in digits)
-    try:
-        return np.array([int(digits[i:i + 2], 16) for i in (0, 2, 4)], dtype=np.float64) / 255.0
-    except ValueError:
-        raise _bad(f"Unsupported palette color: {text!r}.") from None
-
-
-def _apply_palette(scaled: np.ndarray, palette: Any) -> np.ndarray:
-    """(H, W) in [0, 1] -> (H, W, 3) colors interpolated along the palette."""
-    stops = [_color(c) for c in ([palette] if isinstance(palette, str) else palette)]
-    if len(stops) == 1:
-        stops.insert(0, np.zeros(3))
-    positions = np.linspace(0.0, 1.0, len(stops))
-    return np.stack(
-        [np.interp(scaled, positions, [stop[i] for stop in stops]) for i in range(3)], axis=-1
-    )
-
-
 def _encode(data: np.ndarray, encoding: str) -> Region:
     if encoding == "pickle" or encoding.startswith("pickle:"):
         protocol_text = encoding.partition(":")[2] or str(pickle.DEFAULT_PROTOCOL)
@@ -364,8 +268,10 @@ def _encode(data: np.ndarray, encoding: str) -> Region:
 
 
 def _to_8bit(data: np.ndarray) -> np.ndarray:
+    """8 bits as large_image encodes an image (`_imageToPIL`): 16-bit data's high byte,
+    anything else clipped to 0..255 and cut."""
     if data.dtype == np.uint8:
         return data
-    if data.dtype.kind == "f":
-        return np.clip(np.round(data * 255.0), 0, 255).astype(np.uint8)
-    return (data >> 8).astype(np.uint8)
+    if data.dtype == np.uint16:
+        return (data >> 8).astype(np.uint8)
+    return np.clip(np.nan_to_num(data, nan=0), 0, 255).astype(np.uint8)
