@@ -15,6 +15,9 @@ from nimbus_server.paging import now
 from nimbus_server.schema import ObjectIdFactory
 
 NONE, READ, WRITE, ADMIN = -1, 0, 1, 2
+# Who a request without a known token is (Girder takes an unknown token as none): a
+# public read runs for it and sees only what is public.
+ANONYMOUS: dict = {"_id": None, "login": None, "admin": False}
 _LEVEL_NAMES = {READ: "Read", WRITE: "Write", ADMIN: "Admin"}
 
 
@@ -41,10 +44,11 @@ def level_of(doc: dict, user: dict) -> int:
 
 
 def require(doc: dict, user: dict, level: int, model: str) -> None:
-    """Girder's requireAccess: 403 "Read access denied for folder <id> (user <id>)."."""
+    """Girder's requireAccess: 403 "Read access denied for folder <id> (user <id>).";
+    401 and "(user None)" for the anonymous user."""
     if level_of(doc, user) < level:
-        raise ApiError(403, f"{_LEVEL_NAMES[level]} access denied for {model} {doc['_id']} (user {user['_id']}).",
-                       "access")
+        raise ApiError(401 if user["_id"] is None else 403,
+                       f"{_LEVEL_NAMES[level]} access denied for {model} {doc['_id']} (user {user['_id']}).", "access")
 
 
 def filtered(doc: dict, user: dict, model: str, keep_access: bool = False) -> dict:
@@ -68,8 +72,8 @@ class Users:
             raise ValueError(f"the login {login!r} is taken")
         user = {
             "_id": self._ids.new(), "login": login, "email": f"{login}@example.com",
-            "firstName": login.title(), "lastName": "User", "admin": False, "groups": [],
-            "status": "enabled", "public": False, "created": now(),
+            "firstName": login.title(), "lastName": "User", "admin": False, "groups": [], "groupInvites": [],
+            "status": "enabled", "emailVerified": False, "otp": False, "public": False, "created": now(),
         }
         self._users[user["_id"]] = user
         token = token if token is not None else secrets.token_hex(24)
@@ -89,6 +93,8 @@ class Users:
         raise KeyError(f"no user {login!r}")
 
     @staticmethod
-    def me(user: dict) -> dict[str, Any]:
-        """GET user/me."""
+    def me(user: dict) -> dict[str, Any] | None:
+        """GET user/me (null for the anonymous user)."""
+        if user["_id"] is None:
+            return None
         return {**user, "_accessLevel": ADMIN, "_modelType": "user"}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nimbus_server.annotation_index import AnnotationQuery, ListFilters
-from nimbus_server.errors import ApiError, validation_error
+from nimbus_server.errors import ApiError, NotFoundPage, validation_error
 from nimbus_server.paging import Paging
 from nimbus_server.schema import parse_object_id
 from nimbus_server.store import Store
@@ -55,6 +55,8 @@ class Response:
 
     @classmethod
     def of_error(cls, error: ApiError) -> "Response":
+        if isinstance(error, NotFoundPage):
+            return cls(error.status, error.PAGE.encode("utf-8"), "text/html")
         return cls.of_json(error.payload(), error.status)
 
 
@@ -180,6 +182,13 @@ ROUTES: list[tuple[str, str, str]] = [
 ]
 _COMPILED = [(method, re.compile(pattern), name) for method, pattern, name in ROUTES]
 RESOURCES = frozenset(pattern.split("/")[0] for _, pattern, _ in ROUTES)
+# The routes Girder and the plugin mark `access.public`: a request with an unknown token
+# runs them as the anonymous user; the others ask to log in.
+PUBLIC_ROUTES = frozenset({
+    "user_me", "get_folder", "list_items", "get_item", "tiles", "region", "histogram", "list_views",
+    "get_configuration", "list_annotations", "count_annotations", "hydrate", "list_annotation_ids",
+    "get_annotation", "list_connections", "get_connection",
+})
 # The routes the annotation plugin at 818835a has and an older one has not.
 NEWER_ROUTES = frozenset({"POST upenn_annotation/list/ids"})
 
@@ -196,6 +205,14 @@ class Api:
         self._routes = [(method, pattern, name) for method, pattern, name in _COMPILED
                         if f"{method} {pattern.pattern}" not in missing_routes]
 
+    def is_public(self, request: Request) -> bool:
+        """Whether the route `request` takes runs without a user (a path with no route is
+        answered as such, whoever asks)."""
+        try:
+            return self._route(request).__name__ in PUBLIC_ROUTES
+        except ApiError:
+            return True
+
     def handle(self, request: Request) -> Response:
         handler = self._route(request)
         result = handler(request)
@@ -210,7 +227,7 @@ class Api:
         resource, _, rest = request.path.partition("/")
         if resource in RESOURCES:  # Girder: a resource it has, no route of it
             raise ApiError(400, f'No matching route for "{request.method} {rest}"')
-        raise ApiError(404, f'No matching route for "{request.method} {request.path}"')
+        raise NotFoundPage()
 
     @staticmethod
     def _id(request: Request) -> str:

@@ -36,6 +36,15 @@ def load(table: dict[str, dict], model: str, doc_id: str) -> dict:
     return table[doc_id]
 
 
+def app_compatibility(image: ImageData, channel_names: list[str]) -> dict:
+    """What the app records of a dataset in its configuration, to check others against it."""
+    def dimensions(size: int) -> str:
+        return "multiple" if size > 1 else "one"
+
+    return {"xyDimensions": dimensions(image.num_xy), "zDimensions": dimensions(image.num_z),
+            "tDimensions": dimensions(image.num_t), "channels": {str(c): n for c, n in enumerate(channel_names)}}
+
+
 def configuration_layers(layers: list[dict] | None, channel_names: list[str]) -> list[dict]:
     """The given layers completed, or one visible layer per channel."""
     if layers is None:
@@ -101,7 +110,8 @@ class Datasets:
         self.items[json_id] = {**self._item_doc(json_id, folder_id, MULTI_SOURCE_NAME, owner),
                                "largeImage": {"fileId": self._ids.new(), "sourceName": "multi"}}
         self.images[json_id] = image
-        configuration_id = self._add_configuration(name, names, layers, mm_x, owner, private_folder_id)
+        configuration_id = self._add_configuration(name, names, layers, mm_x, owner, private_folder_id,
+                                                   app_compatibility(image, names))
         self._add_view(folder_id, configuration_id, owner)
         return folder_id
 
@@ -115,19 +125,20 @@ class Datasets:
         }
 
     def _add_configuration(self, name: str, channel_names: list[str], layers: list[dict] | None,
-                           mm_x: float | None, owner: dict, private_folder_id: str) -> str:
+                           mm_x: float | None, owner: dict, private_folder_id: str, compatibility: dict) -> str:
         configuration_id = self._ids.new()
         scales = copy.deepcopy(_PLACEHOLDER_SCALES)
         if mm_x:
             scales["pixelSize"] = {"value": mm_x, "unit": "mm"}
         self.configurations[configuration_id] = {
             "_id": configuration_id, "name": f"{name} configuration", "description": "",
-            "folderId": private_folder_id, "creatorId": owner["_id"],
-            "created": now(), "updated": now(),
+            "folderId": private_folder_id, "baseParentType": "folder", "baseParentId": private_folder_id,
+            "creatorId": owner["_id"], "created": now(), "updated": now(), "size": 0,
             "meta": {
                 "subtype": "contrastConfiguration",
+                "compatibility": compatibility,
                 "layers": configuration_layers(layers, channel_names),
-                "tools": [], "propertyIds": [], "snapshots": [], "scales": scales,
+                "tools": [], "propertyIds": [], "snapshots": [], "pipelines": [], "scales": scales,
             },
             "access": access.new_access(owner["_id"]),
         }

@@ -16,6 +16,16 @@ class ApiError(Exception):
         return {"message": self.message, "type": self.kind}
 
 
+class NotFoundPage(ApiError):
+    """A path under no resource: the web server's own 404 page (HTML), not Girder's JSON."""
+
+    PAGE = ("<h2>404 Not Found</h2>\n<p>Nothing matches the given URI</p>\n"
+            '<p><i>Powered by <a href="https://girder.readthedocs.io">Girder</a></i></p>\n')
+
+    def __init__(self) -> None:
+        super().__init__(404, "Nothing matches the given URI")
+
+
 def validation_error(message: str) -> ApiError:
     """Girder's ValidationException: 400, type "validation"."""
     return ApiError(400, message, "validation")

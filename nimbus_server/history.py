@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,6 +42,12 @@ class Entry:
 Restore = Callable[[str, str, "dict | None"], None]
 
 
+def _girder_date(seconds: float) -> str:
+    """A date as Girder answers one the database stored (UTC, to the millisecond)."""
+    date = datetime.fromtimestamp(seconds, timezone.utc)
+    return date.replace(microsecond=date.microsecond // 1000 * 1000).isoformat()
+
+
 class History:
     """Every user's entries, oldest first. The caller (`Store`) holds the lock."""
 
@@ -62,7 +69,7 @@ class History:
     def entries(self, user_id: str, dataset_id: str) -> list[dict]:
         """GET history?datasetId=: the user's entries in the dataset, newest first."""
         return [
-            {"actionName": entry.action, "actionDate": entry.date, "isUndone": entry.undone}
+            {"actionName": entry.action, "actionDate": _girder_date(entry.date), "isUndone": entry.undone}
             for entry in reversed(self._entries) if entry.user_id == user_id and entry.dataset_id == dataset_id
         ]
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
-from nimbus_server.access import READ
+from nimbus_server.access import ANONYMOUS, READ
 from nimbus_server.api import Api, Request, Response
 from nimbus_server.errors import ApiError
 from nimbus_server.store import Store
@@ -428,7 +428,9 @@ class NimbusServer:
     def _answer(self, handler: _Handler, request: Request) -> Response:
         user = self._store.user_for(handler.headers.get("Girder-Token", ""))
         if user is None:
-            return Response.of_error(ApiError(401, "You must be logged in.", "access"))
+            if not self._api.is_public(request):
+                return Response.of_error(ApiError(401, "You must be logged in.", "access"))
+            user = ANONYMOUS
         request.user = user
         try:
             return self._api.handle(request)

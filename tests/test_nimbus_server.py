@@ -437,12 +437,16 @@ def test_create_many_with_connect_to(server, client):
 
 
 def test_wrong_token_is_rejected(server):
+    """As Girder: an unknown token is no user; user/me answers null, a dataset's read and
+    any write are refused with 401."""
+    ds_id = server.add_dataset(_frames(c=1))
     bad = ni.connect(server.url, token="wrong")
+    assert bad.girder.get("user/me") is None
     with pytest.raises(girder_client.HttpError) as error:
-        bad.girder.get("user/me")
+        bad.girder.get(f"folder/{ds_id}")
     assert error.value.status == 401
     assert json.loads(error.value.responseText)["type"] == "access"
-    assert _raw(server, "GET", "user/me", headers={}).status_code == 401
+    assert _raw(server, "POST", "upenn_annotation/multiple", headers={}).status_code == 401
 
 
 def test_unknown_routes_and_ids(server, client):

@@ -5,6 +5,8 @@ against each."""
 
 from __future__ import annotations
 
+import re
+
 import requests
 
 from sam2_refine.nimbus import Platform
@@ -172,3 +174,61 @@ def test_without_hydrate_an_older_server_is_asked_id_by_id():
         asked = [(method, path, status) for method, path, _, status in older.request_log if "upenn_annotation" in path]
     assert asked == [("POST", "upenn_annotation/hydrate", 400), ("GET", f"upenn_annotation/{present}", 200),
                      ("GET", f"upenn_annotation/{'0' * 24}", 400)]
+
+
+def test_an_expired_token_reads_as_no_user_at_all(server):
+    """Girder takes an unknown token as no token: a public read runs for an anonymous user
+    (a dataset's folder: 401 "Read access denied for folder <id> (user None)."; its views:
+    none), a write or a user's own resource asks to log in."""
+    dataset_id = server.add_dataset(frames(z=1, time=1))
+    expired = "0" * 64
+
+    folder = _get(server, f"folder/{dataset_id}", token=expired)
+    assert folder.status_code == 401
+    assert folder.json() == {"message": f"Read access denied for folder {dataset_id} (user None).", "type": "access"}
+    for path, params in (("upenn_annotation", {"datasetId": dataset_id}), ("item", {"folderId": dataset_id})):
+        answer = _get(server, path, token=expired, **params)
+        assert (answer.status_code, answer.json()["message"]) == (401, folder.json()["message"])
+    views = _get(server, "dataset_view", token=expired, datasetId=dataset_id, currentUserOnly="true")
+    assert (views.status_code, views.json()) == (200, [])
+    assert _get(server, "user/me", token=expired).json() is None
+    history = _get(server, "history", token=expired, datasetId=dataset_id)
+    assert (history.status_code, history.json()["message"]) == (401, "You must be logged in.")
+    create = requests.post(f"{server.url}/upenn_annotation/multiple", json=[_point(dataset_id)],
+                           headers={"Girder-Token": expired}, timeout=30)
+    assert (create.status_code, create.json()["message"]) == (401, "You must be logged in.")
+
+
+def test_history_entries_are_dated_as_girder_writes_dates(server):
+    dataset_id = server.add_dataset(frames(z=1, time=1))
+    _request(server, "POST", "upenn_annotation/multiple", [_point(dataset_id)])
+    [entry] = _get(server, "history", datasetId=dataset_id).json()
+    assert set(entry) == {"actionName", "actionDate", "isUndone"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", entry["actionDate"])
+
+
+def test_the_user_and_the_configuration_carry_the_platforms_fields(server):
+    """GET user/me has Girder 5's user fields; the configuration is as the app creates it
+    (an item-like document in the user's Private folder, with the compatibility the app
+    checks a dataset against and an empty pipeline list)."""
+    me = _get(server, "user/me").json()
+    assert {"emailVerified", "otp", "groupInvites"} <= set(me)
+    dataset_id = server.add_dataset(frames(z=2, time=1, channels=2), channel_names=["DAPI", "GFP"])
+    [view] = _get(server, "dataset_view", datasetId=dataset_id).json()
+    configuration = _get(server, f"upenn_collection/{view['configurationId']}").json()
+    assert configuration["baseParentType"] == "folder"
+    assert configuration["baseParentId"] == configuration["folderId"]
+    assert isinstance(configuration["size"], int)
+    assert configuration["meta"]["compatibility"] == {
+        "xyDimensions": "one", "zDimensions": "multiple", "tDimensions": "one", "channels": {"0": "DAPI", "1": "GFP"}}
+    assert configuration["meta"]["pipelines"] == []
+
+
+def test_a_path_under_no_resource_is_girders_html_not_found_page(server):
+    """Under a resource it has, Girder answers 400 "No matching route" in JSON (how the
+    worker learns a plugin is older); under none, its web server's 404 page."""
+    answer = _get(server, "no/such/route")
+    assert answer.status_code == 404 and answer.headers["Content-Type"].startswith("text/html")
+    assert "Nothing matches the given URI" in answer.text
+    under = _request(server, "POST", "upenn_annotation/no/such", {})
+    assert (under.status_code, under.json()) == (400, {"message": 'No matching route for "POST no/such"', "type": "rest"})
