@@ -30,7 +30,11 @@ the server holds. Named checks, each PASS or FAIL with its figures:
 8. location filter: a job on 2 of 8 frames reads by location (`POST
    upenn_annotation/list/ids`) and reads what the listing reads;
 9. app edit: `PUT upenn_annotation/multiple` of a refined polygon keeps its marker, and a
-   rerun takes it as done.
+   rerun takes it as done;
+10. embedded server: the embedded server (`nimbus_server/`) answers as this one, pixel for
+   pixel (random regions, sizes and styles, histograms, the worker's own window and frame
+   reads) and request by request (status, keys and value types of each answer a job gets;
+   `scripts/platform_compare.py`).
 
 Exit status 0 when every check passes, 1 otherwise. `--keep` leaves the scratch
 directory (server log, events log, each job's output) and prints where it is.
@@ -53,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import platform_compare as compare  # noqa: E402
 from platform_harness import IMAGE, PLATFORM_SERVER, SERVER_HOME, TINY, PlatformServer, app, compute_body  # noqa: E402
 
 from sam2_refine.interface import build_interface  # noqa: E402
@@ -359,6 +364,42 @@ class Run:
         check.figures.update(marker_kept=edited.get(MARKER_KEY) is not None, said=job.last_progress)
 
 
+    # --- the embedded server against this one -----------------------------------------------
+
+    def check_10_embedded_server(self, check: Check) -> None:
+        """The embedded server answers as this one: pixels, histograms and the worker's
+        own reads of the same frames, then the JSON of each request the worker makes."""
+        from nimbus_server import NimbusServer
+        from sam2_refine.nimbus import Platform
+
+        rng = np.random.default_rng(10)
+        noise = [rng.integers(0, 60000, (2, 2, 1201, 999), dtype=np.uint16),
+                 rng.integers(0, 60000, (1, 1, 2048, 1536), dtype=np.uint16),
+                 rng.integers(0, 250, (1, 2, 300, 200), dtype=np.uint8),
+                 (rng.random((1, 2, 200, 300)) * 3).astype(np.float32)]
+        pixels, reads, answers = compare.Tally(), compare.Tally(), compare.Tally()
+        with NimbusServer() as embedded:
+            platform_side = compare.Side(self.server.base, self.alice.token)
+            embedded_side = compare.Side(embedded.url, embedded.token)
+            datasets = []
+            for index, frames in enumerate(noise):
+                names = ["DAPI", "GFP"][:frames.shape[1]]
+                ours = self.server.dataset(self.alice, f"compare-{index}", frames, names)["dataset_id"]
+                theirs = embedded.add_dataset(frames[None, None], name=f"compare-{index}", channel_names=names)
+                datasets.append((ours, theirs, frames))
+            compare.compare_pixels(platform_side, embedded_side, datasets, rng, 30, pixels)
+            first = datasets[0]
+            compare.compare_worker_reads(Platform(self.server.base, self.alice.token, first[0], {}),
+                                         Platform(embedded.url, embedded.token, first[1], {}),
+                                         first[2].shape[-1], first[2].shape[-2], rng, 12, reads)
+            compare.compare_answers(platform_side, embedded_side, first[0], first[1], answers)
+        for name, tally in (("pixels", pixels), ("worker_reads", reads), ("answers", answers)):
+            check.figures[name] = f"{tally.compared - len(tally.differences)} of {tally.compared} alike"
+            for difference in tally.differences[:12]:
+                check.problems.append(f"{name}: {difference}")
+        check.figures["accepted differences"] = "; ".join(compare.ACCEPTED)
+
+
 CHECKS = [
     (1, "interface request", "check_1_interface"),
     (2, "Delete on, Connect to nearest, two locations", "check_2_replace"),
@@ -369,6 +410,7 @@ CHECKS = [
     (7, "a single-frame image", "check_7_single_frame"),
     (8, "the location filter on 2 of 8 frames", "check_8_location_filter"),
     (9, "an app edit of a refined polygon, then a rerun", "check_9_app_edit"),
+    (10, "the embedded server answers as the platform's", "check_10_embedded_server"),
 ]
 NEEDS = {3: 2, 4: 2, 9: 7}
 
