@@ -393,6 +393,19 @@ class Run:
                                          Platform(embedded.url, embedded.token, first[1], {}),
                                          first[2].shape[-1], first[2].shape[-2], rng, 12, reads)
             compare.compare_answers(platform_side, embedded_side, first[0], first[1], answers)
+            # Other users: one the dataset is shared with for reading (the app's Share), one who
+            # may write its folder but not read its view (Girder's own folder sharing).
+            reader, writer = self.server.user("compare-reader"), self.server.user("compare-writer")
+            app.share(self.alice, self.alice.get("dataset_view", params={"datasetId": first[0]})[0]["_id"],
+                      "compare-reader", 0)
+            access = self.alice.get(f"folder/{first[0]}/access")
+            access["users"].append({"id": writer.get("user/me")["_id"], "level": 1})
+            self.alice.put(f"folder/{first[0]}/access", data={"access": json.dumps(access)})
+            tokens = embedded.add_user("compare-reader"), embedded.add_user("compare-writer")
+            embedded.share(first[1], "compare-reader", 0)
+            embedded.share(first[1], "compare-writer", 1, view=False)
+            compare.compare_pairs(compare.requests_of_other_users(platform_side, first[0], reader.token, writer.token),
+                                  compare.requests_of_other_users(embedded_side, first[1], *tokens), answers)
         for name, tally in (("pixels", pixels), ("worker_reads", reads), ("answers", answers)):
             check.figures[name] = f"{tally.compared - len(tally.differences)} of {tally.compared} alike"
             for difference in tally.differences[:12]:

@@ -158,12 +158,13 @@ _ID = re.compile(r"^[0-9a-f]{24}$")
 
 
 def skeleton(value):
-    """The keys and value types of a JSON answer (a list by its first element)."""
+    """The keys and value types of a JSON answer (a list by its first element and its
+    length; an access level by its value)."""
     if isinstance(value, dict):
-        return {key: skeleton(item) for key, item in value.items()
+        return {key: item if key == "_accessLevel" else skeleton(item) for key, item in value.items()
                 if key not in ("created", "updated", "size")}
     if isinstance(value, list):
-        return [skeleton(value[0])] if value else []
+        return [skeleton(value[0]), f"{len(value)} long"] if value else []
     if isinstance(value, str) and _ID.match(value):
         return "id"
     return type(value).__name__
@@ -244,7 +245,8 @@ def skeleton_differences(platform, embedded, path: str = "") -> list[str]:
             found += skeleton_differences(platform[key], embedded[key], f"{path}.{key}")
         return found
     if isinstance(platform, list) and isinstance(embedded, list) and platform and embedded:
-        return skeleton_differences(platform[0], embedded[0], f"{path}[]")
+        return skeleton_differences(platform[0], embedded[0], f"{path}[]") + (
+            [] if platform[1:] == embedded[1:] else [f"{path}: {platform[1]} against {embedded[1]}"])
     return [] if platform == embedded else [f"{path or 'the answer'}: {json.dumps(platform)[:80]} against "
                                             f"{json.dumps(embedded)[:80]}"]
 
@@ -270,15 +272,40 @@ def message(answer: requests.Response) -> str | None:
 def compare_answers(platform: Side, embedded: Side, platform_dataset: str, embedded_dataset: str,
                     tally: Tally) -> None:
     """The same requests on both: the same status and the same keys and value types."""
-    for (label, ours), (_, theirs) in zip(requests_of_a_job(platform, platform_dataset),
-                                          requests_of_a_job(embedded, embedded_dataset)):
+    compare_pairs(requests_of_a_job(platform, platform_dataset), requests_of_a_job(embedded, embedded_dataset), tally)
+
+
+def requests_of_other_users(side: Side, dataset_id: str, reader: str, writer: str) -> list[tuple[str, requests.Response]]:
+    """What a user the dataset is shared with for reading (the app's Share, view included)
+    and one who may write its folder but not read its view (Girder's own folder sharing) get."""
+    configuration = side.call("GET", "dataset_view", {"datasetId": dataset_id}).json()[0]["configurationId"]
+    answers = []
+    for who, token in (("reader", reader), ("folder writer", writer)):
+        for label, method, path, params, body in (
+                ("GET folder/{id}", "GET", f"folder/{dataset_id}", None, None),
+                ("GET dataset_view (current user)", "GET", "dataset_view",
+                 {"datasetId": dataset_id, "currentUserOnly": "true"}, None),
+                ("GET dataset_view", "GET", "dataset_view", {"datasetId": dataset_id}, None),
+                ("GET upenn_collection/{id}", "GET", f"upenn_collection/{configuration}", None, None),
+                ("GET upenn_annotation", "GET", "upenn_annotation", {"datasetId": dataset_id, "limit": 3}, None),
+                ("POST upenn_annotation/multiple", "POST", "upenn_annotation/multiple", None, [{
+                    "tags": ["x"], "shape": "point", "channel": 0, "location": {"XY": 0, "Z": 0, "Time": 0},
+                    "coordinates": [{"x": 1.0, "y": 1.0, "z": 0}], "datasetId": dataset_id}]),
+                ("GET history", "GET", "history", {"datasetId": dataset_id}, None)):
+            answers.append((f"{label} ({who})", side.call(method, path, params, body, token)))
+    return answers
+
+
+def compare_pairs(ours: list[tuple[str, requests.Response]], theirs: list[tuple[str, requests.Response]],
+                  tally: Tally) -> None:
+    """Answers to the same requests: the same status, skeleton and error message."""
+    for (label, mine), (_, other) in zip(ours, theirs):
         problems = []
-        if ours.status_code != theirs.status_code:
-            problems.append(f"status {ours.status_code} against {theirs.status_code}: "
-                            f"{ours.text[:120]} / {theirs.text[:120]}")
+        if mine.status_code != other.status_code:
+            problems.append(f"status {mine.status_code} against {other.status_code}: "
+                            f"{mine.text[:120]} / {other.text[:120]}")
         else:
-            shapes = [skeleton(body(answer)) for answer in (ours, theirs)]
-            problems += skeleton_differences(*shapes)
-            if not problems and message(ours) != message(theirs):
-                problems.append(f"message {message(ours)!r} against {message(theirs)!r}")
+            problems += skeleton_differences(skeleton(body(mine)), skeleton(body(other)))
+            if not problems and message(mine) != message(other):
+                problems.append(f"message {message(mine)!r} against {message(other)!r}")
         tally.add(label, problems)
