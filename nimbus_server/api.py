@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nimbus_server.annotation_index import AnnotationQuery, ListFilters
-from nimbus_server.errors import ApiError, NotFoundPage, validation_error
+from nimbus_server.errors import ApiError, NotFoundPage
 from nimbus_server.paging import Paging
-from nimbus_server.schema import parse_object_id
+from nimbus_server.schema import convert_object_id, is_object_id, parse_object_id
 from nimbus_server.store import Store
 
 
@@ -101,13 +101,13 @@ def _paging(query: dict[str, str], default_sort: str = "_id") -> Paging:
         offset=offset,
         sort=query.get("sort") or default_sort,
         sortdir=_integer(query, "sortdir", 1),
-        after_id=parse_object_id(after_id) if after_id else None,
+        after_id=convert_object_id(after_id) if after_id else None,  # the plugin: ObjectId(afterId)
     )
 
 
 def _annotation_query(query: dict[str, str]) -> AnnotationQuery:
     return AnnotationQuery(
-        dataset_id=parse_object_id(_required(query, "datasetId")),
+        dataset_id=convert_object_id(_required(query, "datasetId")),  # the plugin: ObjectId(datasetId)
         shape=query.get("shape") or None,
         tags=tuple(_json_array(query, "tags") or ()),
     )
@@ -297,9 +297,9 @@ class Api:
 
     def hydrate(self, request: Request) -> list[dict]:
         ids = request.json_list()
-        if not all(isinstance(value, str) for value in ids):
-            raise validation_error("Annotation ids must be strings.")
-        return self.store.hydrate([parse_object_id(value) for value in ids], request.user)
+        if not all(is_object_id(value) for value in ids):  # the plugin's requireObjectId
+            raise ApiError(400, "annotationId is not a valid id")
+        return self.store.hydrate([value.lower() for value in ids], request.user)
 
     def create_annotation(self, request: Request) -> dict:
         return self.store.create_annotation(request.json(), request.user)
@@ -323,10 +323,11 @@ class Api:
 
     def list_connections(self, request: Request) -> Response:
         query = request.query
-        filters = {"datasetId": parse_object_id(_required(query, "datasetId"))}
+        # The plugin passes each straight to ObjectId: a malformed one is a 500.
+        filters = {"datasetId": convert_object_id(_required(query, "datasetId"))}
         for key in ("parentId", "childId", "nodeAnnotationId"):
             if query.get(key):
-                filters[key] = parse_object_id(query[key])
+                filters[key] = convert_object_id(query[key])
         found, count = self.store.list_connections(filters, _paging(query), request.user)
         return Response.of_json(found, headers=_total_count(count))
 

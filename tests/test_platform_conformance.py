@@ -232,3 +232,20 @@ def test_a_path_under_no_resource_is_girders_html_not_found_page(server):
     assert "Nothing matches the given URI" in answer.text
     under = _request(server, "POST", "upenn_annotation/no/such", {})
     assert (under.status_code, under.json()) == (400, {"message": 'No matching route for "POST no/such"', "type": "rest"})
+
+
+def test_malformed_ids_are_answered_as_the_plugin_answers_them(server):
+    """The plugin checks hydrate's ids (400 "annotationId is not a valid id") but passes a
+    listing's datasetId, afterId and a connection listing's ids straight to ObjectId (500,
+    which a client takes for a server failure and retries)."""
+    dataset_id = server.add_dataset(frames(z=1, time=1))
+    hydrate = _request(server, "POST", "upenn_annotation/hydrate", ["nothex"])
+    assert (hydrate.status_code, hydrate.json()) == (400, {"message": "annotationId is not a valid id", "type": "rest"})
+    numbers = _request(server, "POST", "upenn_annotation/hydrate", [12])
+    assert (numbers.status_code, numbers.json()["message"]) == (400, "annotationId is not a valid id")
+    for path, params in (("upenn_annotation", {"datasetId": "nothex"}),
+                         ("upenn_annotation", {"datasetId": dataset_id, "afterId": "nothex"}),
+                         ("annotation_connection", {"datasetId": dataset_id, "afterId": "nothex"}),
+                         ("annotation_connection", {"datasetId": dataset_id, "childId": "nothex"})):
+        answer = _get(server, path, **params)
+        assert (answer.status_code, answer.json()["type"]) == (500, "internal"), (path, params, answer.text)
