@@ -159,6 +159,7 @@ class Run:
         self.alice = server.user("alice")
         self.replace_set: dict | None = None  # check 2's dataset: id and {original: parent}
         self.single: dict | None = None       # check 7's dataset
+        self.views: dict[str, str] = {}       # dataset id -> its view's id
 
     # --- the job of checks 2-4 -----------------------------------------------------------
 
@@ -257,10 +258,8 @@ class Run:
     def _small_dataset(self, name: str) -> str:
         dataset = self.server.dataset(self.alice, name, frames(1, 2), ["DAPI", "GFP"])
         seed_cells(self.alice, dataset["dataset_id"], [0], parents=True)
-        dataset_id = dataset["dataset_id"]
-        self._views = getattr(self, "_views", {})
-        self._views[dataset_id] = dataset["view_id"]
-        return dataset_id
+        self.views[dataset["dataset_id"]] = dataset["view_id"]
+        return dataset["dataset_id"]
 
     def _nothing_written(self, check: Check, job, dataset_id: str, before, user_id: str) -> None:
         check.expect(held(self.alice, dataset_id) == before, "the dataset changed")
@@ -271,10 +270,10 @@ class Run:
     def check_5_read_only(self, check: Check) -> None:
         dataset_id = self._small_dataset("read-only")
         bob = self.server.user("bobby")
-        app.share(self.alice, self._views[dataset_id], "bobby", 1)  # WRITE: the platform starts the job
+        app.share(self.alice, self.views[dataset_id], "bobby", 1)  # WRITE: the platform starts the job
         before = held(self.alice, dataset_id)
         job = self.server.compute(bob, dataset_id, compute_body(dataset_id, delete=True),
-                                  hold=True, while_held=lambda: app.share(self.alice, self._views[dataset_id], "bobby", 0))
+                                  hold=True, while_held=lambda: app.share(self.alice, self.views[dataset_id], "bobby", 0))
         error = job.errors[-1] if job.errors else {}
         check.expect(job.exit_code == 1, f"exit {job.exit_code}")
         check.expect(error.get("title") == "No write access", f"error {error}")
