@@ -73,7 +73,16 @@ def report_doubtful(tally: Tally, policy: str, reporter: Reporter) -> None:
 
 
 def job_summary(tally: Tally, result: WriteResult, params: RefineParameters) -> str:
-    """The job's last progress line: 'Refined 40 of 42; 2 skipped: ...; replaced 40 originals'."""
+    """The job's last progress line: 'Refined 40 of 42; 2 skipped: ...; replaced 40 originals'
+    ('Nothing new to refine: 42 already refined by an earlier run ...' when an earlier run
+    refined every original, and this one at most completed its write-back)."""
+    if not tally.to_refine and tally.earlier:
+        summary = f"Nothing new to refine: {tally.earlier} already refined by an earlier run with the same settings"
+        if params.delete_originals:
+            summary += f"; replaced {result.deleted} originals"
+            if result.kept_originals:
+                summary += f", kept {result.kept_originals}"
+        return summary
     summary = f"Refined {result.created} of {tally.to_refine}"
     if tally.skipped:
         summary += f"; {sum(tally.skipped.values())} skipped: {skipped_summary(tally.skipped)}"

@@ -144,7 +144,7 @@ def test_a_run_with_other_settings_is_not_taken_for_an_earlier_one(server, oracl
 
     run()
     again = run()  # same settings: nothing new
-    assert "Refined 0 of 0" in again.progress[-1]["info"] and "12 already refined" in again.progress[-1]["info"]
+    assert "Nothing new to refine: 12 already refined" in again.progress[-1]["info"]
     assert sum(refined_counts(server, dataset_id).values()) == 12
     run(Padding=2)  # other settings: a new set of refined outlines
     assert sum(refined_counts(server, dataset_id).values()) == 24

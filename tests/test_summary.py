@@ -24,6 +24,16 @@ def test_the_summary_counts_replaced_originals_and_those_kept():
         "replaced 3 originals, kept 1")
 
 
+def test_a_job_whose_originals_an_earlier_run_all_refined_says_so_first():
+    """It used to begin "Refined 0 of 0" (the platform's own server, Delete off, run again)."""
+    params = parameters(FakePlatform(), replace=False)
+    assert job_summary(Tally(earlier=144), WriteResult(), params) == (
+        "Nothing new to refine: 144 already refined by an earlier run with the same settings")
+    # Delete on: a rerun after the app's undo brought originals back completes their replacement.
+    assert job_summary(Tally(earlier=144), WriteResult(deleted=144), parameters(FakePlatform())) == (
+        "Nothing new to refine: 144 already refined by an earlier run with the same settings; replaced 144 originals")
+
+
 def test_what_is_left_undone_is_said_part_by_part():
     assert left_undone(Left()) == ""
     assert left_undone(Left(unsaved=2, kept_originals=1, connections=1, leftovers=3, unswept=True)) == (

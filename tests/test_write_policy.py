@@ -165,6 +165,6 @@ def test_a_refined_polygon_edited_in_the_app_keeps_its_marker_and_is_not_refined
     assert stored["coordinates"] == moved and stored[MARKER_KEY] == edited[MARKER_KEY]
     again = worker(parameters, dataset_id)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"Refined 0 of 0; {len(originals)} already refined" in again.progress[-1]["info"]
+    assert f"Nothing new to refine: {len(originals)} already refined" in again.progress[-1]["info"]
     outputs = [a for a in server.annotations(dataset_id) if a["tags"] == ["refined"]]
     assert len(outputs) == len(originals)  # no cell refined twice
