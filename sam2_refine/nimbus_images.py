@@ -18,6 +18,12 @@ _ASK_FOR_THE_VIEW = ("Ask the dataset's owner to share it with you from the app 
                      "its view too), then run the tool again. Nothing was changed.")
 
 
+# What the SDK keeps of a dataset once read (its folder, image item and tile metadata) and of
+# the user's view of it (the view and its configuration, which hold the layers).
+_DATASET_STATE = ("_folder_data", "_item_id", "_tiles")
+_VIEW_STATE = ("_view", "_cache")
+
+
 class Images:
     """Frames and windows of one dataset, drawn as the app draws them, through the SDK's
     image accessor (`sdk_dataset().images`)."""
@@ -26,6 +32,25 @@ class Images:
         self._rest = rest
         self._dataset = sdk_dataset
         self._memoized = False
+
+    def snapshot(self) -> dict | None:
+        """What the SDK has read of the dataset and of the user's view of it (plain data),
+        for `restore` in another process's `Images`, so that it draws by the same view
+        without asking for it again; None when that is not all read yet."""
+        dataset = self._dataset()
+        state = {name: getattr(dataset, name, None) for name in _DATASET_STATE}
+        state.update({name: getattr(dataset.collections, name, None) for name in _VIEW_STATE})
+        return state if all(value is not None for value in state.values()) else None
+
+    def restore(self, snapshot: dict | None) -> None:
+        """Start from another `Images`' `snapshot` (nothing to do for None)."""
+        if snapshot is None:
+            return
+        dataset = self._dataset()
+        for name in _DATASET_STATE:
+            setattr(dataset, name, snapshot[name])
+        for name in _VIEW_STATE:
+            setattr(dataset.collections, name, snapshot[name])
 
     @property
     def _images(self):

@@ -2,16 +2,13 @@
 (`engine.settle_all`: outline, review, SAM2's alternatives), in a process per CPU the job
 may use, or in line when there is one.
 
-The processes are forked from a fresh server process that has imported the engine (never
-from the worker, whose threads and model must not be copied), and end when the worker does.
+The processes are started as the worker's other helper processes are (processes.py): forked
+from a fresh server process, never from the worker, and ending when the worker does.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
@@ -22,10 +19,9 @@ from . import engine
 from .engine import ObjectMask, ObjectTask, Prompt, RefineSettings, Settled
 from .lowres import LowRes
 from .outcome import Outcome
+from .processes import start_context, watch_worker
 from .seam import Window
 from .tiling import Box
-
-WATCH_SECONDS = 0.5        # how often an outline process checks that the worker is still there
 
 
 def settle_timed(chunk: "TaskChunk", settings: RefineSettings) -> tuple["SettledChunk", float]:
@@ -149,47 +145,12 @@ def _ready() -> None:
     """A no-op for each outline process, so they start while the model loads."""
 
 
-def _start_outline_process(worker_pid: int) -> None:
-    """An outline process ends when the worker does, even when the worker is killed
-    outright (its pool's queues would wait for it forever: the processes hold each other's
-    ends of them); ^C is the worker's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while not _gone(worker_pid):
-            time.sleep(WATCH_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` has ended: no longer there, or (Linux) dead but not yet
-    reaped by its parent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-
 def outline_executor(workers: int) -> Executor:
-    """`workers` processes for the outline stage (in line when 1). They are forked from a
-    fresh server process that has imported the engine (never from this process, whose
-    threads and model must not be copied)."""
+    """`workers` processes for the outline stage (in line when 1), started as
+    processes.py starts the worker's helper processes."""
     if workers <= 1:
         return _InLine()
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["sam2_refine.outlines"])
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_outline_process,
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=start_context(), initializer=watch_worker,
                                    initargs=(os.getpid(),))
     for _ in range(workers):
         executor.submit(_ready)

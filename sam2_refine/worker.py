@@ -25,10 +25,11 @@ from .markers import run_key
 from .messages import Reporter, plural
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
+from .nimbus_fetchers import Fetchers
 from .originals import prompt_coordinates
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
-from .pipeline import LocationWork, run_pipeline
+from .pipeline import FETCH_THREADS, LocationWork, run_pipeline
 from .resume import Counterpart, read_job
 from .review import DEFAULT_THRESHOLDS, original_outline, unpadded
 from .seam import PredictorAdapter, adapt
@@ -66,16 +67,18 @@ def whole_frame_fetch_size(frame: FrameGeometry) -> int | None:
 
 
 def window_images(
-    platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter
+    platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter,
+    fetchers: Fetchers | None = None,
 ) -> WindowImages:
     """Where the engine gets its windows, fetched at no more than the resolution SAM2 uses:
     in Auto each window's own region, so memory follows the window and not the frame; in
-    Whole frame the frame, downsampled."""
+    Whole frame the frame, downsampled. With `fetchers`, they are fetched and drawn in
+    those processes, and only received here."""
     warned = False
 
-    def checked(image: np.ndarray) -> np.ndarray:
+    def checked(image: np.ndarray, black: bool) -> np.ndarray:
         nonlocal warned
-        if not warned and not image.any():
+        if not warned and black:
             warned = True
             reporter.warning(
                 f"The image SAM2 sees at {_where(location)} is black as displayed",
@@ -83,11 +86,19 @@ def window_images(
             )
         return image
 
-    if resolution == ui.RESOLUTION_WHOLE_FRAME:
-        return lambda window: checked(platform.frame_image(location, whole_frame_fetch_size(frame)))
-    return lambda window: checked(
-        platform.window_image(location, window, model_fetch_size(window.width, window.height))
-    )
+    whole = resolution == ui.RESOLUTION_WHOLE_FRAME
+    if fetchers is not None:
+        if whole:
+            return lambda window: checked(*fetchers.frame(location, whole_frame_fetch_size(frame)))
+        return lambda window: checked(*fetchers.window(location, window, model_fetch_size(window.width, window.height)))
+
+    def black(image: np.ndarray) -> tuple[np.ndarray, bool]:
+        return image, not warned and not image.any()
+
+    if whole:
+        return lambda window: checked(*black(platform.frame_image(location, whole_frame_fetch_size(frame))))
+    return lambda window: checked(*black(
+        platform.window_image(location, window, model_fetch_size(window.width, window.height))))
 
 
 def _where(location: Location) -> str:
@@ -179,15 +190,18 @@ def run_compute(
         _report_device(loaded, params.model_name, reporter)
         return loaded
 
+    workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
+    # With processes for the outlines, the window images are drawn in processes too.
+    fetchers = platform.fetchers(FETCH_THREADS) if workers > 1 else None
+
     def works():
         for location in list(by_location):
             yield _location_work(platform, location, by_location.pop(location), earlier,
-                                 job.earlier.accepted_polygons(location), frame, params, reporter)
+                                 job.earlier.accepted_polygons(location), frame, params, reporter, fetchers)
 
     def finish(work: LocationWork, outcomes: list[Outcome]) -> None:
         _finish_location(work, outcomes, params, writer, tally, reporter)
 
-    workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
     try:
         clock = run_pipeline(works(), predictor, settings, finish,
                              lambda work, done: _progress(work, done, tally, reporter), workers, log=reporter.log)
@@ -204,6 +218,9 @@ def run_compute(
         if failure is error:
             raise
         raise failure from error
+    finally:
+        if fetchers is not None:
+            fetchers.close()
     report_end(tally, writer.result, params, reporter)
     check_something_refined(tally, writer.result)
 
@@ -226,6 +243,7 @@ def _location_work(
     frame: FrameGeometry,
     params: RefineParameters,
     reporter: Reporter,
+    fetchers: Fetchers | None = None,
 ) -> LocationWork:
     """A location for the pipeline: the originals still to refine, and those an earlier run
     refined (only write-back may be left to do for them); `accepted_earlier` are the
@@ -237,7 +255,7 @@ def _location_work(
         frame_size=(frame.width, frame.height),
         coordinates=[prompt_coordinates(original) for original in todo],
         outlines=[original_outline(original) for original in todo],
-        fetch=window_images(platform, location, frame, params.resolution, reporter),
+        fetch=window_images(platform, location, frame, params.resolution, reporter, fetchers),
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
         context=_Place(location, todo, done),
