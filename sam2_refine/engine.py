@@ -79,6 +79,27 @@ def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason
     return clipped
 
 
+def prompt_boxes(coordinates: list, width: int, height: int) -> list[Box | Reason]:
+    """`prompt_box` of each original (platform coordinates or points), all at once."""
+    points = [coordinates_to_points(c) for c in coordinates]
+    boxes: list[Box | Reason] = [Reason.DEGENERATE] * len(points)
+    enough = [k for k, found in enumerate(points) if len(found) >= 3]
+    if not enough:
+        return boxes
+    counts = np.array([len(points[k]) for k in enough])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    flat = np.concatenate([points[k] for k in enough])
+    (x0, y0), (x1, y1) = np.minimum.reduceat(flat, starts, axis=0).T, np.maximum.reduceat(flat, starts, axis=0).T
+    degenerate = (x1 <= x0) | (y1 <= y0)
+    # max(v, 0.0) and min(v, limit) as Python takes them (the first argument unless the other is beyond it)
+    clipped = np.column_stack([np.where(0.0 > x0, 0.0, x0), np.where(0.0 > y0, 0.0, y0),
+                               np.where(float(width) < x1, float(width), x1), np.where(float(height) < y1, float(height), y1)])
+    outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    for k, bounds, bad, out in zip(enough, clipped.tolist(), degenerate.tolist(), outside.tolist()):
+        boxes[k] = Reason.DEGENERATE if bad else Reason.OUTSIDE if out else Box(*bounds)
+    return boxes
+
+
 def outline_of_coordinates(coordinates: list[dict]) -> Polygon | None:
     """The area a polygon's coordinates outline (repaired if it crosses itself), for callers
     that give no outlines of their own."""
@@ -437,22 +458,22 @@ class LocationPlan:
 
 
 def plan_location(
-    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None],
-    settings: RefineSettings,
+    frame_size: tuple[int, int], coordinates: list, originals: list[Polygon | None], settings: RefineSettings,
 ) -> LocationPlan:
-    """The plan of one frame's originals (each a list of platform coordinates; `originals`
-    the areas they outline, which the review compares refinements with)."""
+    """The plan of one frame's originals (each a list of platform coordinates, or their
+    (n, 2) points; `originals` the areas they outline, which the review compares
+    refinements with): `prompt_box` and `make_prompt` of each, computed for all at once."""
     width, height = frame_size
     outcomes: list[Outcome | None] = [None] * len(coordinates)
-    prompts: list[Prompt] = []
-    for owner, (points, original) in enumerate(zip(coordinates, originals)):
-        box = prompt_box(points, width, height)
+    boxes = prompt_boxes(coordinates, width, height)
+    clipped = review.within_frame_all(originals, frame_size)
+    owners = [owner for owner, box in enumerate(boxes) if not isinstance(box, Reason)]
+    zones = review.zone_bounds([clipped[owner] for owner in owners], settings.thresholds)
+    prompts = [Prompt(owner, boxes[owner], clipped[owner], zone) for owner, zone in zip(owners, zones)]
+    for owner, box in enumerate(boxes):
         if isinstance(box, Reason):
             outcomes[owner] = Outcome(None, box)
-        else:
-            prompts.append(make_prompt(owner, box, original, frame_size, settings.thresholds))
-    return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], prompts,
-                        settings.resolution)
+    return LocationPlan(frame_size, outcomes, clipped, prompts, settings.resolution)
 
 
 def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings) -> list[Outcome]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+import numpy as np
+
+from .geometry import coordinates_to_points
 from .markers import is_output_of
 from .parameters import Location
-from .review import original_outline
+from .review import original_outline, outline_points
 
 # The shapes that outline an object, so can be refined.
 OUTLINE_SHAPES = ("polygon", "rectangle")
@@ -33,6 +36,13 @@ def select_originals(
         if location in wanted:
             grouped[location].append(document)
     return {location: grouped[location] for location in locations if grouped.get(location)}
+
+
+def prompt_points(document: Mapping) -> np.ndarray:
+    """`prompt_coordinates` as (n, 2) x, y points (a compact record's own, as read)."""
+    if document.get("shape") != "rectangle":
+        return outline_points(document)
+    return coordinates_to_points(prompt_coordinates(document))
 
 
 def prompt_coordinates(document: Mapping) -> list[dict]:

@@ -58,12 +58,13 @@ POLL = 0.2                 # seconds between checks for a stop while waiting on 
 
 @dataclass
 class LocationWork:
-    """One location to refine: its originals' prompt coordinates and outlines (the areas
-    the review compares with), outlines an earlier run accepted there, where its window
-    images come from, and the caller's own `context` (handed back to `finish`)."""
+    """One location to refine: its originals' prompt coordinates (or their (n, 2) points)
+    and outlines (the areas the review compares with), outlines an earlier run accepted
+    there, where its window images come from, and the caller's own `context` (handed back
+    to `finish`)."""
 
     frame_size: tuple[int, int]
-    coordinates: list[list[dict]]
+    coordinates: list[list[dict] | np.ndarray]
     outlines: list[Polygon | None]
     fetch: Callable[[Window], np.ndarray]
     accepted_elsewhere: list[Polygon] = field(default_factory=list)

@@ -178,7 +178,7 @@ def primary_reason(doubts: tuple[Reason, ...]) -> Reason:
 def original_outline(document: dict) -> Polygon | None:
     """The area an original outlines: a rectangle's box, a polygon's interior (repaired
     if it crosses itself); None when it outlines no area."""
-    points = coordinates_to_points(document.get("coordinates") or [])
+    points = outline_points(document)
     if len(points) == 0:
         return None
     if document.get("shape") == "rectangle":
@@ -193,6 +193,35 @@ def original_outline(document: dict) -> Polygon | None:
         polygons = [g for g in getattr(outline, "geoms", [outline]) if isinstance(g, Polygon)]
         outline = max(polygons, key=lambda p: p.area) if polygons else None
     return outline if outline is not None and outline.area > 0 else None
+
+
+def outline_points(document) -> np.ndarray:
+    """An original's vertices, (n, 2) x, y, the non-finite dropped: a compact record's
+    `points` as read, or the points of a document's coordinates."""
+    points = getattr(document, "points", None)
+    return coordinates_to_points(points if points is not None else document.get("coordinates") or [])
+
+
+def original_outlines(documents: list) -> list[Polygon | None]:
+    """`original_outline` of each document; the polygons made all at once (shapely's
+    vectorized constructors, the same rings), each checked as `original_outline` does."""
+    outlines: list[Polygon | None] = [None] * len(documents)
+    points = [outline_points(document) for document in documents]
+    plain = [i for i, (document, found) in enumerate(zip(documents, points))
+             if document.get("shape") != "rectangle" and len(found) >= 3]
+    if plain:
+        counts = [len(points[i]) for i in plain]
+        rings = shapely.linearrings(np.concatenate([points[i] for i in plain]),
+                                    indices=np.repeat(np.arange(len(plain)), counts))
+        polygons = shapely.polygons(rings)
+        valid, areas = shapely.is_valid(polygons), shapely.area(polygons)
+        for k, i in enumerate(plain):
+            outlines[i] = (polygons[k] if areas[k] > 0 else None) if valid[k] else original_outline(documents[i])
+    done = set(plain)
+    for i, document in enumerate(documents):
+        if i not in done:
+            outlines[i] = original_outline(document)
+    return outlines
 
 
 def _largest_polygon(shape) -> Polygon | None:
@@ -211,6 +240,45 @@ def within_frame(outline: Polygon | None, frame_size: FrameSize | None) -> Polyg
     if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
         return outline
     return _largest_polygon(outline.intersection(box(0, 0, width, height)))
+
+
+def _as_array(outlines: list[Polygon | None]) -> np.ndarray:
+    array = np.empty(len(outlines), dtype=object)
+    array[:] = outlines
+    return array
+
+
+def within_frame_all(outlines: list[Polygon | None], frame_size: FrameSize | None) -> list[Polygon | None]:
+    """`within_frame` of each outline; those inside the image (most) told at once."""
+    if frame_size is None or not outlines:
+        return list(outlines)
+    width, height = frame_size
+    x0, y0, x1, y1 = shapely.bounds(_as_array(outlines)).T
+    inside = (x0 >= 0) & (y0 >= 0) & (x1 <= width) & (y1 <= height)  # False for None (NaN bounds)
+    return [outline if outline is None or inside[k] else within_frame(outline, frame_size)
+            for k, outline in enumerate(outlines)]
+
+
+def zone_bounds(originals: list[Polygon | None], thresholds: Thresholds = DEFAULT_THRESHOLDS
+                ) -> list[tuple[float, float, float, float] | None]:
+    """The bounds (x0, y0, x1, y1) of each original's `allowed_zone` (None for None): a
+    round buffer's bounds are the original's grown by the buffer distance (`spill_growth`,
+    computed for all of them at once, with the same arithmetic)."""
+    present = [k for k, original in enumerate(originals) if original is not None]
+    found: list[tuple[float, float, float, float] | None] = [None] * len(originals)
+    if not present:
+        return found
+    array = _as_array([originals[k] for k in present])
+    x0, y0, x1, y1 = shapely.bounds(array).T
+    area = shapely.area(array)
+    width, height = x1 - x0, y1 - y0
+    box_like = area >= 0.99 * width * height  # is_box
+    size = np.maximum(np.maximum(width, height), 2.0 * np.sqrt(area / math.pi))  # outline_size
+    growth = np.where(box_like, thresholds.box_growth_px + thresholds.box_growth_share * size,
+                      thresholds.drawn_growth_px + thresholds.drawn_growth_share * size)
+    for k, bounds in zip(present, np.column_stack([x0 - growth, y0 - growth, x1 + growth, y1 + growth]).tolist()):
+        found[k] = tuple(bounds)
+    return found
 
 
 def equivalent_diameter(outline: Polygon) -> float:

@@ -26,12 +26,12 @@ from .messages import Reporter, plural
 from .model import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
 from .nimbus_fetchers import Fetchers
-from .originals import prompt_coordinates
+from .originals import prompt_points
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import FETCH_THREADS, LocationWork, run_pipeline
 from .resume import Counterpart, read_job
-from .review import DEFAULT_THRESHOLDS, original_outline, unpadded
+from .review import DEFAULT_THRESHOLDS, original_outlines, unpadded
 from .seam import PredictorAdapter, adapt
 from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
@@ -253,8 +253,8 @@ def _location_work(
     todo = [original for original in originals if original["_id"] not in earlier]
     return LocationWork(
         frame_size=(frame.width, frame.height),
-        coordinates=[prompt_coordinates(original) for original in todo],
-        outlines=[original_outline(original) for original in todo],
+        coordinates=[prompt_points(original) for original in todo],
+        outlines=original_outlines(todo),
         fetch=window_images(platform, location, frame, params.resolution, reporter, fetchers),
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
