@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 # What the server process imports once, so each process forked from it starts at once.
 PRELOAD = ["sam2_refine.outlines", "sam2_refine.nimbus_fetchers"]
@@ -30,15 +31,19 @@ def start_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def watch_worker(worker_pid: int) -> None:
-    """Run in each helper process as it starts: it ends when process `worker_pid` does,
-    and leaves ^C to the worker."""
+def watch_worker(worker_pid: int, on_end: Callable[[], None] | None = None) -> None:
+    """Run in each helper process as it starts: it ends when process `worker_pid` does
+    (calling `on_end` first), and leaves ^C to the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while not _gone(worker_pid):
             time.sleep(WATCH_SECONDS)
-        os._exit(0)
+        try:
+            if on_end is not None:
+                on_end()
+        finally:
+            os._exit(0)
 
     threading.Thread(target=watch, name="watch-worker", daemon=True).start()
 

@@ -4,6 +4,7 @@ processes that end with the worker, however it ends."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from sam2_refine import nimbus_fetchers
 from sam2_refine.nimbus import Platform
 from sam2_refine.parameters import Location
 from sam2_refine.processes import _gone
@@ -65,6 +67,21 @@ def test_fetch_processes_draw_the_images_the_worker_draws_asking_only_for_images
         assert black == (not own.any())
     # The dataset and the view come with the processes: they ask only for regions and contrast histograms.
     assert asked and all(path.endswith(("tiles/region", "tiles/histogram")) for path in asked), asked
+    assert not glob.glob(f"{nimbus_fetchers.SHARED_MEMORY}/sam2-refine-{os.getpid()}-*")  # nothing left behind
+
+
+def test_an_image_crosses_through_shared_memory_or_else_whole(tmp_path, monkeypatch):
+    image = np.random.default_rng(3).random((37, 51, 3), dtype=np.float32)
+    monkeypatch.setattr(nimbus_fetchers, "_image_dir", str(tmp_path))
+    shared = nimbus_fetchers._shared(image)
+    assert shared[0] == "file" and len(list(tmp_path.iterdir())) == 1
+    received = nimbus_fetchers._received(shared)
+    assert np.array_equal(received, image) and received.dtype == image.dtype and received.flags.writeable
+    assert not list(tmp_path.iterdir())  # taken: removed at once
+    received[0, 0, 0] = 2.0  # the receiver's own copy
+    monkeypatch.setattr(nimbus_fetchers, "_image_dir", str(tmp_path / "gone"))  # no room (or gone): whole
+    shared = nimbus_fetchers._shared(image)
+    assert shared[0] == "array" and np.array_equal(nimbus_fetchers._received(shared), image)
 
 
 def test_a_region_read_refused_in_a_fetch_process_fails_the_job_as_the_worker_would(server, oracle_checkpoint_dir,
@@ -127,6 +144,7 @@ def test_the_helper_processes_end_when_the_worker_is_killed_or_cancelled(server,
         while not all(_gone(pid) for pid in helpers) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert all(_gone(pid) for pid in helpers), [pid for pid in helpers if not _gone(pid)]
+        assert not glob.glob(f"{nimbus_fetchers.SHARED_MEMORY}/sam2-refine-{worker.pid}-*")  # its images removed
     finally:
         if worker.poll() is None:
             worker.kill()
