@@ -20,6 +20,7 @@ from .geometry import polygon_to_coordinates
 from .ledger import Ledger, PendingCreate, Resent
 from .markers import marked_source, marker, source_of, stable_output_tags
 from .nimbus import DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, OutcomeUnknown, chunks_by_size, record_of
+from .nimbus_records import location_of
 from .parameters import Location, RefineParameters
 from .resume import Counterpart
 from .writes import Platform, WritePolicy, server_message
@@ -54,7 +55,7 @@ def refined_tags(original: Mapping, params: RefineParameters, doubtful: bool) ->
 
 def _location_of(document: Mapping) -> dict[str, int]:
     # Key order XY, Z, Time: the platform's connect-to-nearest compares it.
-    return Location.from_dict(document.get("location")).as_dict()
+    return location_of(document).as_dict()
 
 
 def refined_document(original: Mapping, polygon: Polygon, params: RefineParameters, key: str,

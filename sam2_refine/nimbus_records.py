@@ -96,6 +96,13 @@ class AnnotationRecord(Mapping):
         return float(x), float(y), (float(z.mean()) if z is not None else None)
 
 
+def location_of(document: Mapping) -> Location:
+    """Where an annotation is: a compact record's own, or read from a document."""
+    if isinstance(document, AnnotationRecord):
+        return document.location
+    return Location.from_dict(document.get("location"))
+
+
 def outline_digest(shape: str, coordinates: Iterable[Any]) -> str:
     """A digest of an outline: the same for the same shape and vertices (to 1e-4 px)."""
     return _digest(str(shape), _points([point for point in coordinates if isinstance(point, dict)]))

@@ -9,6 +9,7 @@ import numpy as np
 
 from .geometry import coordinates_to_points
 from .markers import is_output_of
+from .nimbus_records import AnnotationRecord, location_of
 from .parameters import Location
 from .review import original_outline, outline_points
 
@@ -17,7 +18,8 @@ OUTLINE_SHAPES = ("polygon", "rectangle")
 
 
 def has_any_tag(document: Mapping, tags: tuple[str, ...]) -> bool:
-    return not tags or any(tag in (document.get("tags") or []) for tag in tags)
+    found = document.tags if isinstance(document, AnnotationRecord) else document.get("tags") or []
+    return not tags or any(tag in found for tag in tags)
 
 
 def select_originals(
@@ -32,7 +34,7 @@ def select_originals(
             continue
         if key and is_output_of(document, key):
             continue
-        location = Location.from_dict(document.get("location"))
+        location = location_of(document)
         if location in wanted:
             grouped[location].append(document)
     return {location: grouped[location] for location in locations if grouped.get(location)}

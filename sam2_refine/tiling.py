@@ -79,6 +79,18 @@ def search_area(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     )
 
 
+def search_areas(boxes: list[Box], width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """`search_area` of each box, computed for all at once (the same arithmetic)."""
+    if not boxes:
+        return []
+    bounds = np.array([(b.x0, b.y0, b.x1, b.y1) for b in boxes], dtype=np.float64)
+    margin = np.maximum(MIN_MARGIN, MARGIN_FRACTION * np.maximum(bounds[:, 2] - bounds[:, 0],
+                                                                 bounds[:, 3] - bounds[:, 1]))[:, None]
+    low = np.maximum(np.floor(bounds[:, :2] - margin), 0)
+    high = np.minimum(np.ceil(bounds[:, 2:] + margin), (width, height))
+    return [tuple(area) for area in np.concatenate([low, high], axis=1).astype(np.int64).tolist()]
+
+
 def side_limit(box: Box) -> int:
     """The largest window side at which `box` spans MIN_LOW_RES_SPAN low-res pixels, on the ladder."""
     largest = LOW_RES_SIZE * box.longer_side / MIN_LOW_RES_SPAN
@@ -143,11 +155,14 @@ def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[t
     order of their areas' top rows: a window starts at or above the first unplaced one's,
     so only those whose areas start above its bottom row can be in it (a band of the
     frame, not every object left)."""
-    areas = [search_area(b, width, height) for b in boxes]
-    limits = [side_limit(b) for b in boxes]
-    order = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
+    return _greedy(search_areas(boxes, width, height), [side_limit(b) for b in boxes], width, height)
+
+
+def _greedy(areas: list[tuple[int, int, int, int]], limits: list[int], width: int, height: int
+            ) -> Iterator[tuple[Window, list[int]]]:
+    order = sorted(range(len(areas)), key=lambda i: (areas[i][1], areas[i][0]))
     tops = [areas[i][1] for i in order]
-    placed = [False] * len(boxes)
+    placed = [False] * len(areas)
     head = 0
     while True:
         while head < len(order) and placed[order[head]]:
@@ -177,7 +192,11 @@ def shrink_window(window: Window, member_boxes: list[Box], width: int, height: i
     """The smallest square window (within `window`'s side) that holds every member's search
     area and gives SAM2 context: a side of at least CONTEXT_FACTOR x the largest member's
     box side and at least MIN_CONTEXT_SIDE, centred on the members."""
-    areas = [search_area(b, width, height) for b in member_boxes]
+    return _shrunk(window, member_boxes, search_areas(member_boxes, width, height), width, height)
+
+
+def _shrunk(window: Window, member_boxes: list[Box], areas: list[tuple[int, int, int, int]], width: int,
+            height: int) -> Window:
     col0, row0 = min(a[0] for a in areas), min(a[1] for a in areas)
     col1, row1 = max(a[2] for a in areas), max(a[3] for a in areas)
     context = CONTEXT_FACTOR * max(b.longer_side for b in member_boxes)
@@ -197,5 +216,6 @@ def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window
 def iter_auto_windows(boxes: list[Box], width: int, height: int) -> Iterator[tuple[Window, list[int]]]:
     """`auto_windows` one window at a time, as each is placed (the first can be encoded
     while the rest are being placed)."""
-    for window, members in iter_greedy_windows(boxes, width, height):
-        yield shrink_window(window, [boxes[i] for i in members], width, height), members
+    areas = search_areas(boxes, width, height)
+    for window, members in _greedy(areas, [side_limit(b) for b in boxes], width, height):
+        yield _shrunk(window, [boxes[i] for i in members], [areas[i] for i in members], width, height), members

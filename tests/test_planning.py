@@ -86,3 +86,14 @@ def test_a_location_planned_at_once_is_planned_as_one_by_one():
             assert same_polygon(mine.original, theirs.original)
             assert mine.zone_bounds == theirs.zone_bounds  # exactly: the same arithmetic
         assert all(same_polygon(a, within_frame(b, (WIDTH, HEIGHT))) for a, b in zip(plan.originals, originals))
+
+
+def test_search_areas_at_once_are_those_one_by_one():
+    from sam2_refine import tiling
+
+    rng = np.random.default_rng(4)
+    boxes = []
+    for _ in range(2000):
+        x, y = rng.uniform(-50, WIDTH + 50, size=2)
+        boxes.append(tiling.Box(x, y, x + rng.uniform(0, 80), y + rng.uniform(0, 60)))
+    assert tiling.search_areas(boxes, WIDTH, HEIGHT) == [tiling.search_area(b, WIDTH, HEIGHT) for b in boxes]
