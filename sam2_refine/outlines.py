@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 import numpy as np
 import shapely
 
-from . import engine
+from . import coordinates_json, engine
 from .engine import ObjectMask, ObjectTask, Prompt, RefineSettings, Settled
 from .lowres import LowRes
 from .outcome import Outcome
@@ -116,15 +116,20 @@ class SettledChunk:
         where = [None if m is None else ((m.window.left, m.window.top, m.window.width, m.window.height),
                                          m.logits.row0, m.logits.col0, m.logits.grid) for m in masks]
         flat, shapes = _packed([m.logits.values for m in masks if m is not None])
-        return SettledChunk._rebuilt, (self.owners, fields, polygons, found, flat, shapes, where)
+        # The polygons' platform coordinates, encoded here for the worker to save as they are.
+        encoded = [None if o.polygon is None else coordinates_json.encode(o.polygon) for o in self.outcomes]
+        return SettledChunk._rebuilt, (self.owners, fields, polygons, found, flat, shapes, where, encoded)
 
     @staticmethod
-    def _rebuilt(owners, fields, polygons, found, flat, shapes, where) -> "SettledChunk":
+    def _rebuilt(owners, fields, polygons, found, flat, shapes, where, encoded) -> "SettledChunk":
         chunk = SettledChunk([])
         chunk.owners = owners
         chunk.outcomes = [Outcome(polygon, reason, doubts, iou, score, outline, cut, recovered, judged)
                           for polygon, outline, (reason, doubts, iou, score, cut, recovered, judged)
                           in zip(shapely.from_wkb(polygons), shapely.from_wkb(found), fields)]
+        for outcome, coordinates in zip(chunk.outcomes, encoded):
+            if coordinates is not None:
+                coordinates_json.remember(outcome.polygon, coordinates)
         chunk._masks, chunk._packed = None, (flat, shapes, where)
         return chunk
 
