@@ -210,7 +210,9 @@ class ObjectTask:
     """What one object's outline and review need once SAM2 has decoded its box; no model,
     so it can be settled anywhere (another process). `decoded` (window pixels) is where the
     logits are SAM2's; `candidates` are SAM2's alternative masks for the same box, with its
-    IoU estimate of each."""
+    IoU estimate of each. `partial`: the logits hold only the cells the first read needs
+    (`first_read`); a mask followed beyond them raises `NeedsAllLogits`, and the task is
+    settled again with all of them."""
 
     prompt: Prompt
     window: Window
@@ -221,6 +223,11 @@ class ObjectTask:
     object_score: float | None = None
     candidates: tuple[LowRes, ...] = ()
     candidate_iou: tuple[float, ...] = ()
+    partial: bool = False
+
+
+class NeedsAllLogits(Exception):
+    """A partial task's mask goes on beyond the cells it holds."""
 
 
 def _grown(region: Region, sides: tuple[bool, bool, bool, bool], step: int, limit: Region) -> Region:
@@ -280,6 +287,8 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
         seed = (int(seed_row) + region[1], int(seed_col) + region[0])  # window frame (row, col)
         region = _grown(region, reaching, step, limit)
         step *= 2
+        if task.partial and not logits.holds(region, window):
+            raise NeedsAllLogits()
         field = resize_crop(logits, window.height, window.width, region)
         piece = geometry.piece_at(field > 0, seed[0] - region[1], seed[1] - region[0])
     left, top, right, bottom = geometry.touched_sides(piece)
@@ -363,11 +372,16 @@ class Settled:
     mask: ObjectMask | None
 
 
-def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled]:
-    """Each task settled: one unit of work for a pool."""
-    settled = []
+def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled | None]:
+    """Each task settled: one unit of work for a pool. A partial task whose mask goes on
+    beyond the cells it holds is None: it is to be settled again with all its logits."""
+    settled: list[Settled | None] = []
     for task in tasks:
-        outcome, logits = _settled(task, settings)
+        try:
+            outcome, logits = _settled(task, settings)
+        except NeedsAllLogits:
+            settled.append(None)
+            continue
         found = outcome.outline_found
         mask = None
         if found is not None:

@@ -49,6 +49,15 @@ class LowRes:
     col0: int
     grid: tuple[int, int]
 
+    def holds(self, area: Region, window: Window) -> bool:
+        """Whether this crop holds every cell that resizing reads for `area` (window pixels)."""
+        rows, cols = self.grid
+        col_span = low_res_span(area[0], area[2], window.width, cols)
+        row_span = low_res_span(area[1], area[3], window.height, rows)
+        held_rows, held_cols = self.values.shape
+        return (self.row0 <= row_span.start and row_span.stop <= self.row0 + held_rows
+                and self.col0 <= col_span.start and col_span.stop <= self.col0 + held_cols)
+
     def cropped_to(self, area: Region, window: Window) -> "LowRes":
         """The cells of this crop that resizing reads for `area` (window pixels), as far as
         it holds them (a view)."""

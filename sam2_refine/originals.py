@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .geometry import coordinates_to_points
-from .markers import is_output_of
+from .markers import is_output_of, marked_source
 from .nimbus_records import AnnotationRecord, location_of
 from .parameters import Location
 from .review import original_outline, outline_points
@@ -30,9 +30,11 @@ def select_originals(
     wanted = set(locations)
     grouped: dict[Location, list[dict]] = defaultdict(list)
     for document in documents:
-        if document.get("shape") not in OUTLINE_SHAPES or not has_any_tag(document, tags):
+        record = isinstance(document, AnnotationRecord)  # its own fields, read as they are
+        if (document.shape if record else document.get("shape")) not in OUTLINE_SHAPES \
+                or not has_any_tag(document, tags):
             continue
-        if key and is_output_of(document, key):
+        if key and (marked_source(document.marker, key) is not None if record else is_output_of(document, key)):
             continue
         location = location_of(document)
         if location in wanted:

@@ -53,23 +53,37 @@ def _unpacked(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarra
 
 
 class TaskChunk:
-    """Tasks on their way to the outline stage."""
+    """Tasks on their way to the outline stage. Crossing to another process, each task's
+    logits go only as far as its first read needs (`engine.first_read`: a quarter of them
+    or less; the task arrives `partial`), unless the chunk is `whole`: the few masks that
+    go on beyond are settled again with all their logits (`again`)."""
 
-    def __init__(self, tasks: list[ObjectTask]):
+    def __init__(self, tasks: list[ObjectTask], whole: bool = False):
         self.tasks = tasks
+        self.whole = whole
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def again(self, positions: list[int]) -> "TaskChunk":
+        """The tasks at `positions`, to cross with all their logits."""
+        return TaskChunk([self.tasks[k] for k in positions], whole=True)
 
     def __reduce__(self):
         fields, arrays = [], []
         for t in self.tasks:
             p, b, w = t.prompt, t.prompt.box, t.window
             logits = (t.mask, *t.candidates)
+            partial = t.partial
+            if not self.whole:
+                area = engine.first_read(p, w, t.frame_size)
+                sent = tuple(low.cropped_to(area, w) for low in logits)
+                partial = partial or any(a.values.shape != low.values.shape for a, low in zip(sent, logits))
+                logits = sent
             arrays += [low.values for low in logits]
             fields.append((p.owner, (b.x0, b.y0, b.x1, b.y1), p.zone_bounds, (w.left, w.top, w.width, w.height),
                            t.frame_size, t.decoded, t.predicted_iou, t.object_score, t.candidate_iou,
-                           [(low.row0, low.col0, low.grid) for low in logits]))
+                           [(low.row0, low.col0, low.grid) for low in logits], partial))
         originals = shapely.to_wkb(np.array([t.prompt.original for t in self.tasks], dtype=object))
         return TaskChunk._rebuilt, (fields, originals, *_packed(arrays))
 
@@ -77,19 +91,23 @@ class TaskChunk:
     def _rebuilt(fields, originals, flat, shapes) -> "TaskChunk":
         values = iter(_unpacked(flat, shapes))
         tasks = []
-        for (owner, box, zone, window, frame_size, decoded, iou, score, candidate_iou, lows), original in \
+        for (owner, box, zone, window, frame_size, decoded, iou, score, candidate_iou, lows, partial), original in \
                 zip(fields, shapely.from_wkb(originals)):
             logits = [LowRes(next(values), row0, col0, tuple(grid)) for row0, col0, grid in lows]
             tasks.append(ObjectTask(Prompt(owner, Box(*box), original, zone), Window(*window), tuple(frame_size),
-                                    tuple(decoded), logits[0], iou, score, tuple(logits[1:]), tuple(candidate_iou)))
+                                    tuple(decoded), logits[0], iou, score, tuple(logits[1:]), tuple(candidate_iou),
+                                    partial))
         return TaskChunk(tasks)
 
 
 class SettledChunk:
     """Settled objects on their way back: their owners and outcomes, and the logits their
-    outlines came from, made into ObjectMasks only when asked for (`mask`)."""
+    outlines came from, made into ObjectMasks only when asked for (`mask`); `unsettled`,
+    the positions in their TaskChunk of those to settle again with all their logits."""
 
-    def __init__(self, settled: list[Settled]):
+    def __init__(self, items: list[Settled | None]):
+        self.unsettled = [k for k, item in enumerate(items) if item is None]
+        settled = [item for item in items if item is not None]
         self.owners = [item.owner for item in settled]
         self.outcomes = [item.outcome for item in settled]
         self._masks: list[ObjectMask | None] | None = [item.mask for item in settled]
@@ -118,12 +136,13 @@ class SettledChunk:
         flat, shapes = _packed([m.logits.values for m in masks if m is not None])
         # The polygons' platform coordinates, encoded here for the worker to save as they are.
         encoded = [None if o.polygon is None else coordinates_json.encode(o.polygon) for o in self.outcomes]
-        return SettledChunk._rebuilt, (self.owners, fields, polygons, found, flat, shapes, where, encoded)
+        return SettledChunk._rebuilt, (self.owners, fields, polygons, found, flat, shapes, where, encoded,
+                                       self.unsettled)
 
     @staticmethod
-    def _rebuilt(owners, fields, polygons, found, flat, shapes, where, encoded) -> "SettledChunk":
+    def _rebuilt(owners, fields, polygons, found, flat, shapes, where, encoded, unsettled) -> "SettledChunk":
         chunk = SettledChunk([])
-        chunk.owners = owners
+        chunk.owners, chunk.unsettled = owners, unsettled
         chunk.outcomes = [Outcome(polygon, reason, doubts, iou, score, outline, cut, recovered, judged)
                           for polygon, outline, (reason, doubts, iou, score, cut, recovered, judged)
                           in zip(shapely.from_wkb(polygons), shapely.from_wkb(found), fields)]

@@ -132,6 +132,6 @@ def with_overlap_doubts(
             if Reason.OVERLAPS_ANOTHER not in doubts[index]:
                 doubts[index].append(Reason.OVERLAPS_ANOTHER)
     return [
-        replace(outcome, doubts=tuple(found)) if outcome.polygon is not None else outcome
-        for outcome, found in zip(outcomes, doubts)
+        replace(outcome, doubts=tuple(found)) if outcome.polygon is not None and tuple(found) != outcome.doubts
+        else outcome for outcome, found in zip(outcomes, doubts)
     ]

@@ -141,7 +141,8 @@ _COMPLETE, _ABANDONED = object(), object()
 @dataclass(eq=False)  # one location is one object: compared by identity
 class _Location:
     """A location on its way through the stages. `batches` carries (future of the settled
-    tasks, object count) from the model stage to the finish stage, then _COMPLETE."""
+    tasks, object count, the TaskChunk) from the model stage to the finish stage, then
+    _COMPLETE."""
 
     work: LocationWork
     plan: LocationPlan
@@ -199,6 +200,7 @@ class Pipeline:
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._log = log or _to_stderr
+        self._outlines: Executor | None = None
         self.clock = StageClock()
 
     # --- failures ------------------------------------------------------------------
@@ -232,7 +234,7 @@ class Pipeline:
 
     def run(self, works: Iterable[LocationWork]) -> None:
         finishing: queue.Queue = queue.Queue(maxsize=FINISH_QUEUE)
-        outlines = outline_executor(self._workers)
+        outlines = self._outlines = outline_executor(self._workers)
         budget = _Budget(MAX_OBJECTS_IN_FLIGHT, self._stop)
         finisher = threading.Thread(target=self._finish_stage, args=(finishing, budget), name="finish", daemon=True)
         finisher.start()
@@ -307,8 +309,8 @@ class Pipeline:
         def send(location: _Location) -> None:
             if pending:
                 budget.take(len(pending))
-                location.batches.put((outlines.submit(settle_timed, TaskChunk(list(pending)), self._settings),
-                                      len(pending)))
+                chunk = TaskChunk(list(pending))
+                location.batches.put((outlines.submit(settle_timed, chunk, self._settings), len(pending), chunk))
                 pending.clear()
 
         try:
@@ -408,9 +410,14 @@ class Pipeline:
         while (batch := self._next_batch(location)) is not _COMPLETE:
             if batch is _ABANDONED:
                 return False
-            future, count = batch
+            future, count, chunk = batch
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
+            if settled.unsettled:  # masks that go on beyond what crossed: again, with all their logits
+                again = self._outlines.submit(settle_timed, chunk.again(settled.unsettled), self._settings)
+                rest, seconds = self.clock.timed("finish waited for outlines", self._wait, again)
+                self.clock.add("outline", seconds)
+                plan.settle(rest)
             budget.give(count)
             plan.settle(settled)
             done += count

@@ -202,11 +202,13 @@ def outline_points(document) -> np.ndarray:
     return coordinates_to_points(points if points is not None else document.get("coordinates") or [])
 
 
-def original_outlines(documents: list) -> list[Polygon | None]:
-    """`original_outline` of each document; the polygons made all at once (shapely's
-    vectorized constructors, the same rings), each checked as `original_outline` does."""
+def original_outlines(documents: list, points: list[np.ndarray] | None = None) -> list[Polygon | None]:
+    """`original_outline` of each document (`points`: their `outline_points`, if read
+    already); the polygons made all at once (shapely's vectorized constructors, the same
+    rings), each checked as `original_outline` does."""
     outlines: list[Polygon | None] = [None] * len(documents)
-    points = [outline_points(document) for document in documents]
+    if points is None:
+        points = [outline_points(document) for document in documents]
     plain = [i for i, (document, found) in enumerate(zip(documents, points))
              if document.get("shape") != "rectangle" and len(found) >= 3]
     if plain:

@@ -107,38 +107,26 @@ def _place(start: int, side: int, extent: int) -> tuple[int, int]:
     return start, side
 
 
-def _fits(area: tuple[int, int, int, int], window: Window) -> bool:
-    col0, row0, col1, row1 = area
-    return (
-        window.left <= col0 and col1 <= window.left + window.width
-        and window.top <= row0 and row1 <= window.top + window.height
-    )
-
-
 def whole_frame(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
     return [(Window(0, 0, width, height), list(range(len(boxes))))] if boxes else []
 
 
-def _best_left(
-    first: int, unplaced: list[int], areas: list[tuple[int, int, int, int]], limits: list[int],
-    side: int, top: int, bottom: int, width: int,
-) -> int:
+def _best_left(first: int, band: np.ndarray, areas: np.ndarray, limits: np.ndarray, side: int, top: int,
+               bottom: int, width: int) -> int:
     """The left edge (image column) of a window of `side` over rows [top, bottom) that holds
-    `first`'s area and as many other unplaced areas (whose limits allow `side`) as
-    possible; among equals, the one nearest `first`'s own left edge."""
-    col0, _, col1, _ = areas[first]
+    `first`'s area and as many other unplaced areas of `band` (whose limits allow `side`)
+    as possible; among equals, the one nearest `first`'s own left edge. `areas` (N, 4) and
+    `limits` (N,) are every object's, `band` the unplaced objects' indices."""
+    col0, _, col1, _ = (int(v) for v in areas[first])
     lowest, highest = max(0, col1 - side), min(col0, max(0, width - side))
     if highest <= lowest:
         return col0
-    eligible = [
-        areas[i] for i in unplaced
-        if i != first and limits[i] >= side and top <= areas[i][1] and areas[i][3] <= bottom
-        and areas[i][2] - areas[i][0] <= side
-    ]
-    candidates = {min(col0, highest)} | {a[0] for a in eligible} | {a[2] - side for a in eligible}
-    lefts = np.array(sorted(c for c in candidates if lowest <= c <= highest), dtype=np.int64)
-    starts = np.array([a[0] for a in eligible], dtype=np.int64)
-    ends = np.array([a[2] for a in eligible], dtype=np.int64)
+    found = areas[band]
+    eligible = found[(band != first) & (limits[band] >= side) & (top <= found[:, 1]) & (found[:, 3] <= bottom)
+                     & (found[:, 2] - found[:, 0] <= side)]
+    starts, ends = eligible[:, 0], eligible[:, 2]
+    lefts = np.unique(np.concatenate([[min(col0, highest)], starts, ends - side]))
+    lefts = lefts[(lowest <= lefts) & (lefts <= highest)]
     held = ((lefts[:, None] <= starts) & (ends <= lefts[:, None] + side)).sum(axis=1)
     # Most held, then nearest `first`'s left edge, then the leftmost (the first of equals).
     return int(lefts[np.lexsort((np.abs(lefts - col0), -held))[0]])
@@ -160,9 +148,12 @@ def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[t
 
 def _greedy(areas: list[tuple[int, int, int, int]], limits: list[int], width: int, height: int
             ) -> Iterator[tuple[Window, list[int]]]:
+    if not areas:
+        return
     order = sorted(range(len(areas)), key=lambda i: (areas[i][1], areas[i][0]))
     tops = [areas[i][1] for i in order]
-    placed = [False] * len(areas)
+    order_array, area_array, limit_array = np.array(order), np.array(areas, dtype=np.int64), np.array(limits)
+    placed = np.zeros(len(areas), dtype=bool)
     head = 0
     while True:
         while head < len(order) and placed[order[head]]:
@@ -173,14 +164,17 @@ def _greedy(areas: list[tuple[int, int, int, int]], limits: list[int], width: in
         col0, row0, col1, row1 = areas[first]
         side = max(limits[first], col1 - col0, row1 - row0)
         top, window_height = _place(row0, side, height)
-        band = [i for i in order[head:bisect_left(tops, top + window_height, lo=head)] if not placed[i]]
-        left = _best_left(first, band, areas, limits, side, top, top + window_height, width)
+        band = order_array[head:bisect_left(tops, top + window_height, lo=head)]
+        band = band[~placed[band]]
+        left = _best_left(first, band, area_array, limit_array, side, top, top + window_height, width)
         left, window_width = _place(left, side, width)
         window = Window(left, top, window_width, window_height)
-        members = [i for i in band if i == first or (limits[i] >= side and _fits(areas[i], window))]
-        for i in members:
-            placed[i] = True
-        yield window, members
+        found = area_array[band]
+        members = band[(band == first) | ((limit_array[band] >= side) & (left <= found[:, 0])
+                                          & (found[:, 2] <= left + window_width) & (top <= found[:, 1])
+                                          & (found[:, 3] <= top + window_height))]
+        placed[members] = True
+        yield window, members.tolist()
 
 
 def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:

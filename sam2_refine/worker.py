@@ -31,7 +31,7 @@ from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import FETCH_THREADS, LocationWork, run_pipeline
 from .resume import Counterpart, read_job
-from .review import DEFAULT_THRESHOLDS, original_outlines, unpadded
+from .review import DEFAULT_THRESHOLDS, original_outlines, outline_points, unpadded
 from .seam import PredictorAdapter, adapt
 from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
@@ -251,10 +251,13 @@ def _location_work(
     counts as kept (one accepted outline per cell across runs)."""
     done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
     todo = [original for original in originals if original["_id"] not in earlier]
+    points = [outline_points(original) for original in todo]
     return LocationWork(
         frame_size=(frame.width, frame.height),
-        coordinates=[prompt_points(original) for original in todo],
-        outlines=original_outlines(todo),
+        # A rectangle prompts with its box, a polygon with its own points.
+        coordinates=[prompt_points(original) if original.get("shape") == "rectangle" else found
+                     for original, found in zip(todo, points)],
+        outlines=original_outlines(todo, points),
         fetch=window_images(platform, location, frame, params.resolution, reporter, fetchers),
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
