@@ -175,23 +175,38 @@ def decode_area(prompt: Prompt, window: Window, frame_size: tuple[int, int]) -> 
     return max(0, col0 - reach), max(0, row0 - reach), min(window.width, col1 + reach), min(window.height, row1 + reach)
 
 
-def decode_areas(prompts: list[Prompt], window: Window, frame_size: tuple[int, int]) -> np.ndarray:
-    """`decode_area` of each prompt, (N, 4) int64, computed for the batch at once."""
-    width, height = frame_size
-    boxes = np.array([(p.box.x0, p.box.y0, p.box.x1, p.box.y1) for p in prompts], dtype=np.float64)
+def _read_bounds(prompts: list[Prompt], origins: np.ndarray, sizes: np.ndarray, frames: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`first_read` of each prompt at once, as (lower, upper) window pixels (N, 2) each, and
+    its margin: `origins`, `sizes` and `frames` are (N, 2) or (2,), (left, top), (width,
+    height) of each window and (width, height) of each frame."""
+    boxes = np.array([(p.box.x0, p.box.y0, p.box.x1, p.box.y1) for p in prompts], dtype=np.float64).reshape(-1, 4)
     zones = np.array([p.zone_bounds if p.zone_bounds is not None else (np.nan,) * 4 for p in prompts],
                      dtype=np.float64).reshape(-1, 4)
     margin = np.maximum(tiling.MIN_MARGIN, tiling.MARGIN_FRACTION * np.maximum(boxes[:, 2] - boxes[:, 0],
                                                                                 boxes[:, 3] - boxes[:, 1]))
-    limits = np.array([width, height, width, height], dtype=np.float64)
     lower = np.maximum(np.floor(boxes[:, :2] - margin[:, None]), 0.0)  # tiling.search_area
-    upper = np.minimum(np.ceil(boxes[:, 2:] + margin[:, None]), limits[2:])
+    upper = np.minimum(np.ceil(boxes[:, 2:] + margin[:, None]), frames)
     lower = np.maximum(np.fmin(lower, zones[:, :2]), 0.0)              # first_read
-    upper = np.minimum(np.fmax(upper, zones[:, 2:]), limits[2:])
+    upper = np.minimum(np.fmax(upper, zones[:, 2:]), frames)
+    lower = np.maximum(np.floor(lower) - origins, 0.0)                  # _to_window
+    upper = np.minimum(np.ceil(upper) - origins, sizes)
+    return lower, upper, margin
+
+
+def first_reads(prompts: list[Prompt], windows: list[Window], frame_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """`first_read` of each prompt in its window and frame, (N, 4) int64, all at once."""
+    origins = np.array([(w.left, w.top) for w in windows], dtype=np.float64).reshape(-1, 2)
+    sizes = np.array([(w.width, w.height) for w in windows], dtype=np.float64).reshape(-1, 2)
+    lower, upper, _ = _read_bounds(prompts, origins, sizes, np.array(frame_sizes, dtype=np.float64).reshape(-1, 2))
+    return np.concatenate([lower, upper], axis=1).astype(np.int64)
+
+
+def decode_areas(prompts: list[Prompt], window: Window, frame_size: tuple[int, int]) -> np.ndarray:
+    """`decode_area` of each prompt, (N, 4) int64, computed for the batch at once."""
     origin = np.array([window.left, window.top], dtype=np.float64)
     size = np.array([window.width, window.height], dtype=np.float64)
-    lower = np.maximum(np.floor(lower) - origin, 0.0)                   # _to_window
-    upper = np.minimum(np.ceil(upper) - origin, size)
+    lower, upper, margin = _read_bounds(prompts, origin, size, np.array(frame_size, dtype=np.float64))
     reach = (np.ceil(margin) * (2 ** GROWTH_STEPS - 1))[:, None]
     return np.concatenate([np.maximum(lower - reach, 0.0), np.minimum(upper + reach, size)], axis=1).astype(np.int64)
 

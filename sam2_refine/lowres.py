@@ -69,6 +69,21 @@ class LowRes:
                       row0, col0, self.grid)
 
 
+def low_res_spans(areas: np.ndarray, window_sizes: np.ndarray, grids: np.ndarray) -> np.ndarray:
+    """`low_res_span` of each area's columns and rows at once: `areas` (N, 4) window pixels
+    (col0, row0, col1, row1), `window_sizes` (N, 2) (width, height), `grids` (N, 2) (rows,
+    cols); (N, 4) int64 (row start, row stop, col start, col stop), the same cells."""
+    areas = np.asarray(areas, dtype=np.int64)
+    spans = []
+    for start, stop, size, cells in ((areas[:, 1], areas[:, 3], window_sizes[:, 1], grids[:, 0]),
+                                     (areas[:, 0], areas[:, 2], window_sizes[:, 0], grids[:, 1])):
+        scale = cells / size
+        first = np.maximum(0.0, (start + 0.5) * scale - 0.5)
+        last = np.maximum(0.0, (np.maximum(stop, start + 1) - 0.5) * scale - 0.5)
+        spans += [np.maximum(0, first.astype(np.int64) - 1), np.minimum(cells, last.astype(np.int64) + 3)]
+    return np.column_stack(spans)
+
+
 def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),
                  grid: tuple[int, int] | None = None) -> LowRes:
     """The cells over the window that resizing reads for `area`, from `logits` (h, w): the

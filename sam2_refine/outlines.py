@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 import numpy as np
 import shapely
 
-from . import coordinates_json, engine
+from . import coordinates_json, engine, lowres
 from .engine import ObjectMask, ObjectTask, Prompt, RefineSettings, Settled
 from .lowres import LowRes
 from .outcome import Outcome
@@ -40,7 +40,7 @@ def settle_timed(chunk: "TaskChunk", settings: RefineSettings) -> tuple["Settled
 
 def _packed(arrays: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     shapes = [array.shape for array in arrays]
-    flat = np.concatenate([array.ravel() for array in arrays]) if arrays else np.empty(0, np.float32)
+    flat = np.concatenate(arrays, axis=None) if arrays else np.empty(0, np.float32)  # one copy, views flattened
     return flat.astype(np.float32, copy=False), shapes
 
 
@@ -50,6 +50,23 @@ def _unpacked(flat: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarra
         arrays.append(flat[offset:offset + rows * cols].reshape(rows, cols))
         offset += rows * cols
     return arrays
+
+
+def _first_read_spans(tasks: list[ObjectTask]) -> list[tuple[int, int, int, int]]:
+    """The low-resolution cells (row start, row stop, col start, col stop) each task's first
+    read needs (`engine.first_read`, `LowRes.cropped_to`), found for all at once."""
+    areas = engine.first_reads([t.prompt for t in tasks], [t.window for t in tasks], [t.frame_size for t in tasks])
+    sizes = np.array([(t.window.width, t.window.height) for t in tasks], dtype=np.float64)
+    grids = np.array([t.mask.grid for t in tasks], dtype=np.int64)
+    return [tuple(span) for span in lowres.low_res_spans(areas, sizes, grids).tolist()]
+
+
+def _cropped(low: LowRes, span: tuple[int, int, int, int]) -> LowRes:
+    """`low.cropped_to` the first read whose cells are `span` (a view)."""
+    row_start, row_stop, col_start, col_stop = span
+    row0, col0 = max(row_start, low.row0), max(col_start, low.col0)
+    return LowRes(low.values[row0 - low.row0:row_stop - low.row0, col0 - low.col0:col_stop - low.col0],
+                  row0, col0, low.grid)
 
 
 class TaskChunk:
@@ -71,13 +88,13 @@ class TaskChunk:
 
     def __reduce__(self):
         fields, arrays = [], []
-        for t in self.tasks:
+        spans = None if self.whole or not self.tasks else _first_read_spans(self.tasks)
+        for k, t in enumerate(self.tasks):
             p, b, w = t.prompt, t.prompt.box, t.window
             logits = (t.mask, *t.candidates)
             partial = t.partial
-            if not self.whole:
-                area = engine.first_read(p, w, t.frame_size)
-                sent = tuple(low.cropped_to(area, w) for low in logits)
+            if spans is not None:
+                sent = tuple(_cropped(low, spans[k]) for low in logits)
                 partial = partial or any(a.values.shape != low.values.shape for a, low in zip(sent, logits))
                 logits = sent
             arrays += [low.values for low in logits]
@@ -169,12 +186,27 @@ def _ready() -> None:
     """A no-op for each outline process, so they start while the model loads."""
 
 
+# How much lower than the worker's own process an outline process asks to be scheduled
+# (Unix niceness): the worker's process feeds the model and is the one that cannot be
+# spread over more cores, so where both want a core it gets it first.
+OUTLINE_NICENESS = 5
+
+
+def _start_outline_process(worker_pid: int) -> None:
+    watch_worker(worker_pid)
+    try:
+        os.nice(OUTLINE_NICENESS)
+    except (AttributeError, OSError):  # no nice here: scheduled as the worker
+        pass
+
+
 def outline_executor(workers: int) -> Executor:
     """`workers` processes for the outline stage (in line when 1), started as
-    processes.py starts the worker's helper processes."""
+    processes.py starts the worker's helper processes, each a little nicer than the
+    worker's own (OUTLINE_NICENESS)."""
     if workers <= 1:
         return _InLine()
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=start_context(), initializer=watch_worker,
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=start_context(), initializer=_start_outline_process,
                                    initargs=(os.getpid(),))
     for _ in range(workers):
         executor.submit(_ready)

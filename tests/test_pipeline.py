@@ -360,3 +360,16 @@ def test_masks_that_go_on_beyond_what_crossed_are_settled_again_with_all_their_l
             assert a.polygon.equals_exact(b.polygon, 0) and a.found.equals_exact(b.found, 0)
     tails = [o for i, o in enumerate(in_line.outcomes["T0"]) if i % 2]
     assert all(o.polygon.bounds[2] > cell.cx + cell.radius + 10 for o, cell in zip(tails, cells[1::2]))  # followed
+
+
+def test_outline_processes_yield_the_cpu_to_the_worker():
+    """Where both want a core, the worker's own process (which feeds the model) goes first."""
+    import os
+
+    from sam2_refine.outlines import OUTLINE_NICENESS, outline_executor
+
+    executor = outline_executor(2)
+    try:
+        assert executor.submit(os.nice, 0).result(timeout=60) == min(os.nice(0) + OUTLINE_NICENESS, 19)
+    finally:
+        executor.shutdown()
