@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from nimbusimage.worker import WorkerContext  # here, so the fork server has it imported for every process
 
 from .errors import WorkerError
 from .messages import Redactor
@@ -67,8 +68,6 @@ def _start(connection: Connection, image_dir: str | None, worker_pid: int) -> No
     _image_dir = image_dir
     watch_worker(worker_pid, on_end=lambda: image_dir and shutil.rmtree(image_dir, ignore_errors=True))
     try:
-        from nimbusimage.worker import WorkerContext
-
         context = WorkerContext(dataset_id=connection.dataset_id, api_url=connection.api_url, token=connection.token,
                                 params=connection.parameters)
         transport = connection.transport
