@@ -5,12 +5,15 @@ This is the one composition of the engine's steps: a job runs it over its locati
 
 Stages, from the image to the platform:
 - fetch (threads): each window's image, up to `prefetch` windows ahead of the model, so
-  waiting for the server overlaps everything else;
+  waiting for the server overlaps everything else (the worker's `fetch` may hand the work
+  on to processes of its own: nimbus_fetchers.py);
 - model (the calling thread): SAM2 encodes each window (several at once where the
   predictor can batch them) and decodes its boxes, batch by batch; each batch becomes
   the objects' `engine.ObjectTask`s;
 - outline (processes, one per CPU the job may use; in line when there is one): the tasks,
-  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives);
+  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives); a
+  chunk's objects whose masks go on beyond the logits that crossed are settled once more,
+  with all of them, before the location is finished;
 - finish (one thread): once a location's objects are all settled, the overlap check of the
   location, then the caller's `finish` (decide and write back), one location at a time
   and in order, while the stages above work on the locations after it.
