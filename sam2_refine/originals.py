@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .drawn import original_outline, outline_points
 from .geometry import coordinates_to_points
 from .markers import is_output_of, marked_source
 from .nimbus_records import AnnotationRecord, location_of
 from .parameters import Location
-from .review import original_outline, outline_points
 
 # The shapes that outline an object, so can be refined.
 OUTLINE_SHAPES = ("polygon", "rectangle")

@@ -19,6 +19,7 @@ import numpy as np
 from . import interface as ui
 from .creates import Refined
 from .device import usable_cpu_count
+from .drawn import original_outlines, outline_points
 from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError, unexpected
 from .markers import run_key
@@ -31,7 +32,7 @@ from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
 from .pipeline import FETCH_THREADS, LocationWork, run_pipeline
 from .resume import Counterpart, read_job
-from .review import DEFAULT_THRESHOLDS, original_outlines, outline_points, unpadded
+from .review import DEFAULT_THRESHOLDS, unpadded
 from .seam import PredictorAdapter, adapt
 from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
