@@ -158,9 +158,11 @@ class Fetchers:
         shared, black = result
         return _received(shared), black
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Stop the processes (fetches not started are cancelled) and remove the images
-        not taken."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        not taken. `wait`: until the processes have ended (at a job's end they are idle),
+        so the pool's semaphores are released before the worker exits; not after a failure
+        or a cancel, when one may still be waiting for the platform."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
         if self._image_dir is not None:
             shutil.rmtree(self._image_dir, ignore_errors=True)

@@ -10,6 +10,7 @@ continues where the first stopped.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,7 @@ def run_compute(
         raise failure from error
     finally:
         if fetchers is not None:
-            fetchers.close()
+            fetchers.close(wait=sys.exc_info()[0] is None)
     report_end(tally, writer.result, params, reporter)
     check_something_refined(tally, writer.result)
 
