@@ -131,12 +131,18 @@ def _points(coordinates: list[dict]) -> np.ndarray:
     return points.reshape(-1, 2)
 
 
-def record_of(document: Mapping) -> AnnotationRecord:
-    """The compact record of one platform annotation document."""
+def record_of(document: Mapping, location: Location | None = None) -> AnnotationRecord:
+    """The compact record of one platform annotation document (`location`: its location,
+    if the caller has read it already)."""
     if isinstance(document, AnnotationRecord):
         return document
-    coordinates = [c for c in (document.get("coordinates") or []) if isinstance(c, dict)]
-    points = _points(coordinates)
+    raw = document.get("coordinates") or []
+    try:  # the platform's: every vertex a dict with x and y, converted at once
+        points = np.array([(c["x"], c["y"]) for c in raw], dtype=np.float64).reshape(-1, 2)
+        coordinates = raw
+    except (KeyError, TypeError, ValueError, IndexError):
+        coordinates = [c for c in raw if isinstance(c, dict)]
+        points = _points(coordinates)
     z = None
     if coordinates and all("z" in c for c in coordinates):
         z = np.array([_number(c["z"]) for c in coordinates], dtype=np.float64)
@@ -147,7 +153,8 @@ def record_of(document: Mapping) -> AnnotationRecord:
         id=str(document["_id"]),
         shape=shape,
         tags=tuple(tag for tag in (document.get("tags") or []) if isinstance(tag, str)),
-        location=Location.from_dict(document.get("location") if isinstance(document.get("location"), dict) else None),
+        location=location if location is not None else Location.from_dict(
+            document.get("location") if isinstance(document.get("location"), dict) else None),
         channel=channel if isinstance(channel, int) and not isinstance(channel, bool) else None,
         points=points,
         z=z,
