@@ -138,7 +138,8 @@ def _outline(field: np.ndarray, piece: np.ndarray, region: Region, window: Windo
     return geometry.piece_outline(field, piece, offset=(region[0] + window.left, region[1] + window.top))
 
 
-def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Polygon | None) -> Outcome:
+def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings,
+          zone: Polygon | review.AllowedZone | None) -> Outcome:
     """One mask's outline (see the module for how a mask is followed and cut). `zone` is the
     original's allowed zone (image frame), None when there is no original to judge by."""
     window, prompt = task.window, task.prompt
@@ -207,7 +208,7 @@ def _settled(task: ObjectTask, settings: RefineSettings) -> tuple[Outcome, LowRe
     """`settle`'s outcome and the logits of the mask it came from."""
     thresholds = settings.thresholds
     original = task.prompt.original
-    zone = None if original is None else review.allowed_zone(original, thresholds)
+    zone = None if original is None else review.AllowedZone(original, thresholds)  # made if needed
     span = coarseness(task.prompt.box, task.window, task.mask.grid)
     coarse = span < review.COARSE_SPAN
 

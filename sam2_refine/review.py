@@ -237,18 +237,49 @@ def allowed_zone(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS)
     return original.buffer(spill_growth(original, thresholds))
 
 
+class AllowedZone:
+    """An original's `allowed_zone`, made only when it is needed: the zone is the original
+    grown, so a refinement inside the original itself (about half of them) lies inside it,
+    which is told without making it."""
+
+    def __init__(self, original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS):
+        self.original = original
+        self._thresholds = thresholds
+        self._polygon: Polygon | None = None
+
+    @property
+    def polygon(self) -> Polygon:
+        if self._polygon is None:
+            self._polygon = allowed_zone(self.original, self._thresholds)
+        return self._polygon
+
+    def contains(self, refined: Polygon) -> bool:
+        """`self.polygon.contains(refined)`."""
+        if self._polygon is None and _within_bounds(refined, self.original) \
+                and spill_growth(self.original, self._thresholds) > 0 and self.original.contains(refined):
+            return True
+        return self.polygon.contains(refined)
+
+
+def _within_bounds(inner: Polygon, outer: Polygon) -> bool:
+    x0, y0, x1, y1 = inner.bounds
+    ox0, oy0, ox1, oy1 = outer.bounds
+    return ox0 <= x0 and oy0 <= y0 and x1 <= ox1 and y1 <= oy1
+
+
 def spills(
-    refined: Polygon, original: Polygon, zone: Polygon | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS
+    refined: Polygon, original: Polygon, zone: Polygon | AllowedZone | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> bool:
-    """Whether more of `refined` lies outside the original's `allowed_zone` (given, or
-    made here) than the original's kind allows."""
+    """Whether more of `refined` lies outside the original's `allowed_zone` (given, made
+    when needed, or made here) than the original's kind allows."""
     if refined.area <= 0:
         return False
     limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
-    zone = allowed_zone(original, thresholds) if zone is None else zone
+    zone = AllowedZone(original, thresholds) if zone is None else zone
     if zone.contains(refined):  # nothing outside (most refinements: a few times cheaper to tell)
         return False
-    return _share_outside(refined, zone) > limit
+    return _share_outside(refined, zone.polygon if isinstance(zone, AllowedZone) else zone) > limit
 
 
 def cut_by_frame(refined: Polygon, frame_size: FrameSize | None) -> bool:
@@ -305,7 +336,7 @@ def shape_doubts(
     original: Polygon | None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_size: FrameSize | None = None,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
 ) -> list[Reason]:
     """The shape signals of one refinement (unpadded, clipped to the image) against its
     original (as `original_outline` gives it; clipped here to the image when `frame_size`,
@@ -334,7 +365,7 @@ def object_doubts(
     outcome: Outcome,
     original: Polygon | None,
     frame_size: FrameSize | None = None,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[Reason]:
     """Every doubt about one refinement on its own (the engine's, SAM2's scores, the shape
@@ -377,7 +408,7 @@ def judge_object(
     frame_size: FrameSize | None,
     span: float,
     thresholds: Thresholds,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
 ) -> Outcome:
     """One refinement judged on its own (`object_doubts`), marked `judged`. An object whose
     box spans `span` of SAM2's mask pixels is too coarse at that resolution below
