@@ -22,10 +22,13 @@ but in requests to the platform: a failure to connect is reported without it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import mmap
 import os
 import shutil
 import tempfile
+from collections.abc import MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -71,12 +74,52 @@ def _start(connection: Connection, image_dir: str | None, worker_pid: int) -> No
         context = WorkerContext(dataset_id=connection.dataset_id, api_url=connection.api_url, token=connection.token,
                                 params=connection.parameters)
         transport = connection.transport
-        _images = Images(Rest(context._gc, lambda: transport), lambda: context.dataset)
+        answers = SharedAnswers(image_dir) if image_dir is not None else None
+        _images = Images(Rest(context._gc, lambda: transport), lambda: context.dataset, answers)
         _images.restore(connection.snapshot)
     except Exception as error:
         redact = Redactor([connection.token])
         _failed = WorkerError(f"Could not connect to the platform: {redact.line(f'{type(error).__name__}: {error}')}",
                               info="Check the --apiUrl the platform passes.")
+
+
+class SharedAnswers(MutableMapping):
+    """Each frame's contrast answer (`nimbus_images._memoized_contrast`) kept as a small
+    file in the job's directory, so that the fetch processes together ask for each frame's
+    histogram once, as the worker's own threads would. A file appears whole (renamed into
+    place); one that cannot be read counts as not there."""
+
+    def __init__(self, directory: str):
+        self._directory = directory
+
+    def _path(self, key) -> str:
+        return os.path.join(self._directory, f"contrast-{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.json")
+
+    def __getitem__(self, key):
+        try:
+            with open(self._path(key)) as file:
+                answer = json.load(file)
+        except (OSError, ValueError):
+            raise KeyError(key) from None
+        return None if answer is None else tuple(answer)
+
+    def __setitem__(self, key, answer) -> None:
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=self._directory, suffix=".part")
+            with open(descriptor, "w") as file:
+                json.dump(None if answer is None else list(answer), file)
+            os.replace(temporary, self._path(key))
+        except OSError:  # not kept (the job is ending, or shared memory is full): asked again if needed
+            pass
+
+    def __delitem__(self, key) -> None:
+        os.unlink(self._path(key))
+
+    def __iter__(self):
+        return iter(())  # looked up by key only
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _ready() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -28,9 +28,12 @@ class Images:
     """Frames and windows of one dataset, drawn as the app draws them, through the SDK's
     image accessor (`sdk_dataset().images`)."""
 
-    def __init__(self, rest: Rest, sdk_dataset: Callable[[], Any]):
+    def __init__(self, rest: Rest, sdk_dataset: Callable[[], Any], answers: MutableMapping | None = None):
+        """`answers`: where each frame's contrast answer is kept (see `_memoized_contrast`;
+        a mapping other processes share, or this one's own)."""
         self._rest = rest
         self._dataset = sdk_dataset
+        self._answers = {} if answers is None else answers
         self._memoized = False
 
     def snapshot(self) -> dict | None:
@@ -58,7 +61,7 @@ class Images:
         is the same for every window of a frame and channel (the SDK asks per composite)."""
         images = self._dataset().images
         if not self._memoized:
-            images._contrast_range = _memoized_contrast(images._contrast_range)
+            images._contrast_range = _memoized_contrast(images._contrast_range, self._answers)
             self._memoized = True
         return images
 
@@ -119,17 +122,19 @@ def _where(location: Location) -> str:
     return f"XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}"
 
 
-def _memoized_contrast(contrast_range: Callable) -> Callable:
-    """The SDK's `_contrast_range(contrast, frames)`, each answer kept for the job (one
-    histogram request per frame and contrast setting, whichever thread asks first)."""
-    answers: dict = {}
+def _memoized_contrast(contrast_range: Callable, answers: MutableMapping) -> Callable:
+    """The SDK's `_contrast_range(contrast, frames)`, each answer kept in `answers` for the
+    job (one histogram request per frame and contrast setting, whichever thread or process
+    asks first; two asking at the same moment may both ask)."""
     lock = threading.Lock()
 
     def memoized(contrast: dict, frames: list[int]):
         key = (json.dumps(contrast, sort_keys=True, default=str), tuple(frames))
         with lock:
-            if key in answers:
+            try:
                 return answers[key]
+            except KeyError:
+                pass
         answer = contrast_range(contrast, frames)
         with lock:
             answers.setdefault(key, answer)

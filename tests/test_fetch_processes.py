@@ -70,6 +70,28 @@ def test_fetch_processes_draw_the_images_the_worker_draws_asking_only_for_images
     assert not glob.glob(f"{nimbus_fetchers.SHARED_MEMORY}/sam2-refine-{os.getpid()}-*")  # nothing left behind
 
 
+def test_the_fetch_processes_ask_for_each_frames_histogram_once_between_them(server, tmp_path):
+    dataset_id = server.add_dataset(frames(xy=1, z=1, time=3))
+    platform = Platform(server.url, server.token, dataset_id, compute_parameters(dataset_id))
+    platform.require_visible_layer()
+    platform.frame_geometry()
+    fetchers = platform.fetchers(3)
+    try:
+        for time_point in range(3):
+            for k in range(6):  # one after another: whichever process is free draws it
+                fetchers.window(Location(0, 0, time_point), Window(10 * k, 5 * k, 120, 90))
+    finally:
+        fetchers.close()
+    histograms = [query for _, path, query, _ in server.request_log if path.endswith("tiles/histogram")]
+    assert len(histograms) == len({query["frame"] for query in histograms})  # once per frame asked about
+    # Shared by any two processes: kept whole, read back as it was; what is not kept is missing.
+    answers, other = nimbus_fetchers.SharedAnswers(str(tmp_path)), nimbus_fetchers.SharedAnswers(str(tmp_path))
+    answers[("contrast", (1, 2))], answers[("none", (3,))] = (12, 3400.5), None
+    assert other[("contrast", (1, 2))] == (12, 3400.5) and other[("none", (3,))] is None
+    with pytest.raises(KeyError):
+        other[("contrast", (2,))]
+
+
 def test_an_image_crosses_through_shared_memory_or_else_whole(tmp_path, monkeypatch):
     image = np.random.default_rng(3).random((37, 51, 3), dtype=np.float32)
     monkeypatch.setattr(nimbus_fetchers, "_image_dir", str(tmp_path))
