@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from shapely.geometry import Polygon
 
+from . import coordinates_json
 from . import interface as ui
 from .errors import WorkerError
-from .geometry import polygon_to_coordinates
 from .ledger import Ledger, PendingCreate, Resent
 from .markers import marked_source, marker, source_of, stable_output_tags
 from .nimbus import DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, OutcomeUnknown, chunks_by_size, record_of
+from .nimbus_records import location_of
 from .parameters import Location, RefineParameters
 from .resume import Counterpart
 from .writes import Platform, WritePolicy, server_message
@@ -54,7 +55,7 @@ def refined_tags(original: Mapping, params: RefineParameters, doubtful: bool) ->
 
 def _location_of(document: Mapping) -> dict[str, int]:
     # Key order XY, Z, Time: the platform's connect-to-nearest compares it.
-    return Location.from_dict(document.get("location")).as_dict()
+    return location_of(document).as_dict()
 
 
 def refined_document(original: Mapping, polygon: Polygon, params: RefineParameters, key: str,
@@ -64,7 +65,7 @@ def refined_document(original: Mapping, polygon: Polygon, params: RefineParamete
         "tags": refined_tags(original, params, doubtful),
         "channel": int(params.output_channel),
         "location": _location_of(original),
-        "coordinates": polygon_to_coordinates(polygon),
+        "coordinates": coordinates_json.coordinates(polygon),
         "datasetId": params.dataset_id,
         MARKER_KEY: marker(key, original["_id"]),
         SOURCE_KEY: record_of(original).outline_digest,

@@ -18,6 +18,8 @@ is cut there and flagged `SPILLS_OUTSIDE`; one reaching the edge of the window S
 (not the frame's) is cut there and flagged `REACHES_VIEW_EDGE`. So a noise mask costs a
 small multiple of a real one, and a cut outline never replaces its original.
 
+Where each object is read (its prompt, the area read first, the area decoded) is areas.py's.
+
 Every judgement uses the thresholds of the job's settings (`RefineSettings.thresholds`),
 through review.py's two entry points: `review.judge_object` for each mask on its own, and
 `review.review_location` for a location's outcomes together (`finish_location`).
@@ -26,7 +28,6 @@ through review.py's two entry points: `review.judge_object` for each mask on its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -34,7 +35,11 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from . import geometry, review, tiling
-from .geometry import clip_to_image, coordinates_to_points
+from .areas import (  # noqa: F401 (the engine's names for them, as before)
+    GROWTH_STEPS, Prompt, _to_window, coarseness, decode_area, decode_areas, first_read, first_reads, growth_step,
+    make_prompt, prompt_box, prompt_boxes,
+)
+from .geometry import clip_to_image
 from .interface import RESOLUTION_WHOLE_FRAME
 from .lowres import LowRes, Region, crop_low_res, resize_crop, resize_region  # noqa: F401 (resize_region: earlier callers)
 from .seam import DecodedMasks, MaskPredictor, PredictorAdapter, Window, adapt
@@ -48,11 +53,6 @@ OUTSIDE = Reason.OUTSIDE
 EMPTY_MASK = Reason.EMPTY_MASK
 VANISHED = Reason.VANISHED
 
-# Times a mask reaching the edge of the area read is followed further (by the margin,
-# then by twice that) before it is cut.
-GROWTH_STEPS = 2
-
-
 @dataclass(frozen=True)
 class RefineSettings:
     """A job's settings for the engine: Smoothing and Padding (pixels), Resolution, and the
@@ -64,28 +64,13 @@ class RefineSettings:
     thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
-def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason:
-    """The original's bounding box clipped to the frame, or the reason it cannot prompt."""
-    points = coordinates_to_points(coordinates)
-    if len(points) < 3:
-        return Reason.DEGENERATE
-    x0, y0 = points.min(axis=0)
-    x1, y1 = points.max(axis=0)
-    if x1 <= x0 or y1 <= y0:
-        return Reason.DEGENERATE
-    clipped = Box(max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
-    if clipped.x1 <= clipped.x0 or clipped.y1 <= clipped.y0:
-        return Reason.OUTSIDE
-    return clipped
-
-
 def outline_of_coordinates(coordinates: list[dict]) -> Polygon | None:
     """The area a polygon's coordinates outline (repaired if it crosses itself), for callers
     that give no outlines of their own."""
     return review.original_outline({"shape": "polygon", "coordinates": coordinates})
 
 
-# --- where each object is read -------------------------------------------------------
+# --- where each object is read (areas.py) ------------------------------------------------
 
 
 def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> Iterator[tuple[Window, list[int]]]:
@@ -93,92 +78,6 @@ def plan_windows(boxes: list[Box], width: int, height: int, resolution: str) -> 
     if resolution == RESOLUTION_WHOLE_FRAME:
         return iter(tiling.whole_frame(boxes, width, height))
     return tiling.iter_auto_windows(boxes, width, height)
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One original that can prompt SAM2: its position among the location's originals,
-    its box (image frame) and outline, and the bounds (image frame: x0, y0, x1, y1) of the
-    zone its refinement may lie in without spilling (None: no outline to judge by)."""
-
-    owner: int
-    box: Box
-    original: Polygon | None
-    zone_bounds: tuple[float, float, float, float] | None
-
-
-def make_prompt(owner: int, box: Box, original: Polygon | None, frame_size: tuple[int, int],
-                thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Prompt:
-    """`original` is judged as the review judges it: clipped to the image."""
-    original = review.within_frame(original, frame_size)
-    if original is None:
-        return Prompt(owner, box, None, None)
-    # A round buffer's bounds are the original's, grown by the buffer distance.
-    growth = review.spill_growth(original, thresholds)
-    x0, y0, x1, y1 = original.bounds
-    return Prompt(owner, box, original, (x0 - growth, y0 - growth, x1 + growth, y1 + growth))
-
-
-def _to_window(area: tuple[float, float, float, float], window: Window) -> Region:
-    """Image-frame bounds rounded out to whole pixels, in window pixels, clipped to the window."""
-    x0, y0, x1, y1 = area
-    return (
-        max(0, math.floor(x0) - window.left),
-        max(0, math.floor(y0) - window.top),
-        min(window.width, math.ceil(x1) - window.left),
-        min(window.height, math.ceil(y1) - window.top),
-    )
-
-
-def first_read(prompt: Prompt, window: Window, frame_size: tuple[int, int]) -> Region:
-    """Where an object's logits are read first (window pixels): its search area (box plus
-    margin) and the zone its original allows, within the frame and the window."""
-    width, height = frame_size
-    col0, row0, col1, row1 = tiling.search_area(prompt.box, width, height)
-    if prompt.zone_bounds is not None:
-        x0, y0, x1, y1 = prompt.zone_bounds
-        col0, row0, col1, row1 = min(col0, x0), min(row0, y0), max(col1, x1), max(row1, y1)
-    col0, row0, col1, row1 = max(col0, 0), max(row0, 0), min(col1, width), min(row1, height)
-    return _to_window((col0, row0, col1, row1), window)
-
-
-def growth_step(box: Box) -> int:
-    return math.ceil(tiling.margin_for(box))
-
-
-def decode_area(prompt: Prompt, window: Window, frame_size: tuple[int, int]) -> Region:
-    """The area SAM2 decodes for an object (window pixels): the first read and the room the
-    mask may be followed into (GROWTH_STEPS steps: the margin, then twice that)."""
-    reach = growth_step(prompt.box) * (2 ** GROWTH_STEPS - 1)
-    col0, row0, col1, row1 = first_read(prompt, window, frame_size)
-    return max(0, col0 - reach), max(0, row0 - reach), min(window.width, col1 + reach), min(window.height, row1 + reach)
-
-
-def decode_areas(prompts: list[Prompt], window: Window, frame_size: tuple[int, int]) -> np.ndarray:
-    """`decode_area` of each prompt, (N, 4) int64, computed for the batch at once."""
-    width, height = frame_size
-    boxes = np.array([(p.box.x0, p.box.y0, p.box.x1, p.box.y1) for p in prompts], dtype=np.float64)
-    zones = np.array([p.zone_bounds if p.zone_bounds is not None else (np.nan,) * 4 for p in prompts],
-                     dtype=np.float64).reshape(-1, 4)
-    margin = np.maximum(tiling.MIN_MARGIN, tiling.MARGIN_FRACTION * np.maximum(boxes[:, 2] - boxes[:, 0],
-                                                                                boxes[:, 3] - boxes[:, 1]))
-    limits = np.array([width, height, width, height], dtype=np.float64)
-    lower = np.maximum(np.floor(boxes[:, :2] - margin[:, None]), 0.0)  # tiling.search_area
-    upper = np.minimum(np.ceil(boxes[:, 2:] + margin[:, None]), limits[2:])
-    lower = np.maximum(np.fmin(lower, zones[:, :2]), 0.0)              # first_read
-    upper = np.minimum(np.fmax(upper, zones[:, 2:]), limits[2:])
-    origin = np.array([window.left, window.top], dtype=np.float64)
-    size = np.array([window.width, window.height], dtype=np.float64)
-    lower = np.maximum(np.floor(lower) - origin, 0.0)                   # _to_window
-    upper = np.minimum(np.ceil(upper) - origin, size)
-    reach = (np.ceil(margin) * (2 ** GROWTH_STEPS - 1))[:, None]
-    return np.concatenate([np.maximum(lower - reach, 0.0), np.minimum(upper + reach, size)], axis=1).astype(np.int64)
-
-
-def coarseness(box: Box, window: Window, grid: tuple[int, int]) -> float:
-    """How many low-resolution mask pixels the box spans along its shorter side."""
-    rows, cols = grid
-    return min((box.x1 - box.x0) * cols / window.width, (box.y1 - box.y0) * rows / window.height)
 
 
 # --- one object ------------------------------------------------------------------------
@@ -189,7 +88,9 @@ class ObjectTask:
     """What one object's outline and review need once SAM2 has decoded its box; no model,
     so it can be settled anywhere (another process). `decoded` (window pixels) is where the
     logits are SAM2's; `candidates` are SAM2's alternative masks for the same box, with its
-    IoU estimate of each."""
+    IoU estimate of each. `partial`: the logits hold only the cells the first read needs
+    (`first_read`); a mask followed beyond them raises `NeedsAllLogits`, and the task is
+    settled again with all of them."""
 
     prompt: Prompt
     window: Window
@@ -200,6 +101,11 @@ class ObjectTask:
     object_score: float | None = None
     candidates: tuple[LowRes, ...] = ()
     candidate_iou: tuple[float, ...] = ()
+    partial: bool = False
+
+
+class NeedsAllLogits(Exception):
+    """A partial task's mask goes on beyond the cells it holds."""
 
 
 def _grown(region: Region, sides: tuple[bool, bool, bool, bool], step: int, limit: Region) -> Region:
@@ -232,7 +138,8 @@ def _outline(field: np.ndarray, piece: np.ndarray, region: Region, window: Windo
     return geometry.piece_outline(field, piece, offset=(region[0] + window.left, region[1] + window.top))
 
 
-def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Polygon | None) -> Outcome:
+def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings,
+          zone: Polygon | review.AllowedZone | None) -> Outcome:
     """One mask's outline (see the module for how a mask is followed and cut). `zone` is the
     original's allowed zone (image frame), None when there is no original to judge by."""
     window, prompt = task.window, task.prompt
@@ -259,6 +166,8 @@ def trace(task: ObjectTask, logits: LowRes, settings: RefineSettings, zone: Poly
         seed = (int(seed_row) + region[1], int(seed_col) + region[0])  # window frame (row, col)
         region = _grown(region, reaching, step, limit)
         step *= 2
+        if task.partial and not logits.holds(region, window):
+            raise NeedsAllLogits()
         field = resize_crop(logits, window.height, window.width, region)
         piece = geometry.piece_at(field > 0, seed[0] - region[1], seed[1] - region[0])
     left, top, right, bottom = geometry.touched_sides(piece)
@@ -299,7 +208,7 @@ def _settled(task: ObjectTask, settings: RefineSettings) -> tuple[Outcome, LowRe
     """`settle`'s outcome and the logits of the mask it came from."""
     thresholds = settings.thresholds
     original = task.prompt.original
-    zone = None if original is None else review.allowed_zone(original, thresholds)
+    zone = None if original is None else review.AllowedZone(original, thresholds)  # made if needed
     span = coarseness(task.prompt.box, task.window, task.mask.grid)
     coarse = span < review.COARSE_SPAN
 
@@ -342,11 +251,16 @@ class Settled:
     mask: ObjectMask | None
 
 
-def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled]:
-    """Each task settled: one unit of work for a pool."""
-    settled = []
+def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled | None]:
+    """Each task settled: one unit of work for a pool. A partial task whose mask goes on
+    beyond the cells it holds is None: it is to be settled again with all its logits."""
+    settled: list[Settled | None] = []
     for task in tasks:
-        outcome, logits = _settled(task, settings)
+        try:
+            outcome, logits = _settled(task, settings)
+        except NeedsAllLogits:
+            settled.append(None)
+            continue
         found = outcome.outline_found
         mask = None
         if found is not None:
@@ -437,22 +351,22 @@ class LocationPlan:
 
 
 def plan_location(
-    frame_size: tuple[int, int], coordinates: list[list[dict]], originals: list[Polygon | None],
-    settings: RefineSettings,
+    frame_size: tuple[int, int], coordinates: list, originals: list[Polygon | None], settings: RefineSettings,
 ) -> LocationPlan:
-    """The plan of one frame's originals (each a list of platform coordinates; `originals`
-    the areas they outline, which the review compares refinements with)."""
+    """The plan of one frame's originals (each a list of platform coordinates, or their
+    (n, 2) points; `originals` the areas they outline, which the review compares
+    refinements with): `prompt_box` and `make_prompt` of each, computed for all at once."""
     width, height = frame_size
     outcomes: list[Outcome | None] = [None] * len(coordinates)
-    prompts: list[Prompt] = []
-    for owner, (points, original) in enumerate(zip(coordinates, originals)):
-        box = prompt_box(points, width, height)
+    boxes = prompt_boxes(coordinates, width, height)
+    clipped = review.within_frame_all(originals, frame_size)
+    owners = [owner for owner, box in enumerate(boxes) if not isinstance(box, Reason)]
+    zones = review.zone_bounds([clipped[owner] for owner in owners], settings.thresholds)
+    prompts = [Prompt(owner, boxes[owner], clipped[owner], zone) for owner, zone in zip(owners, zones)]
+    for owner, box in enumerate(boxes):
         if isinstance(box, Reason):
             outcomes[owner] = Outcome(None, box)
-        else:
-            prompts.append(make_prompt(owner, box, original, frame_size, settings.thresholds))
-    return LocationPlan(frame_size, outcomes, [review.within_frame(o, frame_size) for o in originals], prompts,
-                        settings.resolution)
+    return LocationPlan(frame_size, outcomes, clipped, prompts, settings.resolution)
 
 
 def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings) -> list[Outcome]:

@@ -325,8 +325,13 @@ def polygon_to_coordinates(polygon: Polygon) -> list[dict[str, float]]:
     return [{"x": x, "y": y} for x, y in shapely.get_coordinates(polygon.exterior)[:-1].tolist()]
 
 
-def coordinates_to_points(coordinates: list[dict]) -> np.ndarray:
-    """(N, 2) array of (x, y) from platform coordinates; non-finite points are dropped."""
+def coordinates_to_points(coordinates: list[dict] | np.ndarray) -> np.ndarray:
+    """(N, 2) array of (x, y) from platform coordinates (or such an array already read);
+    non-finite points are dropped."""
+    if isinstance(coordinates, np.ndarray):
+        points = coordinates.reshape(-1, 2).astype(np.float64, copy=False)
+        finite = np.isfinite(points).all(axis=1)
+        return points if finite.all() else points[finite]
     try:  # well-formed coordinates, the platform's: one pass
         points = np.array([(c["x"], c["y"]) for c in coordinates], dtype=np.float64).reshape(-1, 2)
     except (KeyError, TypeError, ValueError, IndexError):

@@ -49,6 +49,15 @@ class LowRes:
     col0: int
     grid: tuple[int, int]
 
+    def holds(self, area: Region, window: Window) -> bool:
+        """Whether this crop holds every cell that resizing reads for `area` (window pixels)."""
+        rows, cols = self.grid
+        col_span = low_res_span(area[0], area[2], window.width, cols)
+        row_span = low_res_span(area[1], area[3], window.height, rows)
+        held_rows, held_cols = self.values.shape
+        return (self.row0 <= row_span.start and row_span.stop <= self.row0 + held_rows
+                and self.col0 <= col_span.start and col_span.stop <= self.col0 + held_cols)
+
     def cropped_to(self, area: Region, window: Window) -> "LowRes":
         """The cells of this crop that resizing reads for `area` (window pixels), as far as
         it holds them (a view)."""
@@ -58,6 +67,21 @@ class LowRes:
         row0, col0 = max(row_span.start, self.row0), max(col_span.start, self.col0)
         return LowRes(self.values[row0 - self.row0:row_span.stop - self.row0, col0 - self.col0:col_span.stop - self.col0],
                       row0, col0, self.grid)
+
+
+def low_res_spans(areas: np.ndarray, window_sizes: np.ndarray, grids: np.ndarray) -> np.ndarray:
+    """`low_res_span` of each area's columns and rows at once: `areas` (N, 4) window pixels
+    (col0, row0, col1, row1), `window_sizes` (N, 2) (width, height), `grids` (N, 2) (rows,
+    cols); (N, 4) int64 (row start, row stop, col start, col stop), the same cells."""
+    areas = np.asarray(areas, dtype=np.int64)
+    spans = []
+    for start, stop, size, cells in ((areas[:, 1], areas[:, 3], window_sizes[:, 1], grids[:, 0]),
+                                     (areas[:, 0], areas[:, 2], window_sizes[:, 0], grids[:, 1])):
+        scale = cells / size
+        first = np.maximum(0.0, (start + 0.5) * scale - 0.5)
+        last = np.maximum(0.0, (np.maximum(stop, start + 1) - 0.5) * scale - 0.5)
+        spans += [np.maximum(0, first.astype(np.int64) - 1), np.minimum(cells, last.astype(np.int64) + 3)]
+    return np.column_stack(spans)
 
 
 def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),

@@ -8,6 +8,7 @@ SDK arranges its own:
 | `Rest` | `nimbus_transport` | the transport (timeouts, retries, writes sent once), error translation, paging, the id cursor |
 | `Dataset` | `nimbus_dataset` | the folder and the image's size |
 | `Images` | `nimbus_images` | frames and windows as the user sees them |
+| `Fetchers` | `nimbus_fetchers` | the same in processes of their own, each with its own connection |
 | `Annotations` | `nimbus_annotations` | reads reduced to compact records (`nimbus_records`); creates and deletes |
 | `Connections` | `nimbus_connections` | the same for annotation connections |
 
@@ -28,6 +29,7 @@ from .seam import Window
 from .nimbus_annotations import Annotations
 from .nimbus_connections import Connections
 from .nimbus_dataset import Dataset, FrameGeometry
+from .nimbus_fetchers import Connection, Fetchers
 from .nimbus_images import Images
 from .nimbus_records import (  # noqa: F401 (the names write-back and tests import from here)
     DOUBTED_KEY, MARKER_KEY, SOURCE_KEY, AnnotationRecord, ConnectionRecord, outline_digest, record_of,
@@ -88,6 +90,7 @@ class Platform:
         # The SDK's worker context: its client, its dataset accessors and its message lines.
         self.context = WorkerContext(dataset_id=dataset_id, api_url=api_url, token=token, params=parameters)
         self.dataset_id = dataset_id
+        self._connection = (api_url, token, dataset_id, parameters)
         self._rest = Rest(self.context._gc, transport_settings)
         self._dataset = Dataset(self._rest, dataset_id, lambda: self.context.dataset)
         self._images = Images(self._rest, lambda: self.context.dataset)
@@ -123,6 +126,15 @@ class Platform:
 
     def window_image(self, location: Location, window: Window, max_size: int | None = None) -> np.ndarray:
         return self._images.window(location, window, max_size)
+
+    def fetchers(self, count: int) -> Fetchers:
+        """`count` processes that draw frames and windows as `frame_image` and `window_image`
+        do, each with its own connection, starting from what this one has read of the dataset
+        and its view (`require_visible_layer` and `frame_geometry` read all of it)."""
+        api_url, token, dataset_id, parameters = self._connection
+        connection = Connection(api_url, token, dataset_id, parameters, transport_settings(),
+                                self._rest.read("read the dataset's view", self._images.snapshot))
+        return Fetchers(connection, count)
 
     # --- annotations -------------------------------------------------------------------------
 

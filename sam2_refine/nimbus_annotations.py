@@ -161,9 +161,11 @@ class Annotations:
                 for document in self._listing(tags, shape):
                     if document["_id"] in found:
                         continue
-                    if wanted is not None and Location.from_dict(document.get("location")) not in wanted:
+                    raw = document.get("location")
+                    location = Location.from_dict(raw) if wanted is not None or isinstance(raw, dict) else None
+                    if wanted is not None and location not in wanted:
                         continue
-                    found[document["_id"]] = record_of(document)
+                    found[document["_id"]] = record_of(document, location if isinstance(raw, dict) else None)
         return list(found.values())
 
     def outlines(self, any_of_tags: tuple[str, ...], locations: Collection[Location] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,42 @@ _ASK_FOR_THE_VIEW = ("Ask the dataset's owner to share it with you from the app 
                      "its view too), then run the tool again. Nothing was changed.")
 
 
+# What the SDK keeps of a dataset once read (its folder, image item and tile metadata) and of
+# the user's view of it (the view and its configuration, which hold the layers).
+_DATASET_STATE = ("_folder_data", "_item_id", "_tiles")
+_VIEW_STATE = ("_view", "_cache")
+
+
 class Images:
     """Frames and windows of one dataset, drawn as the app draws them, through the SDK's
     image accessor (`sdk_dataset().images`)."""
 
-    def __init__(self, rest: Rest, sdk_dataset: Callable[[], Any]):
+    def __init__(self, rest: Rest, sdk_dataset: Callable[[], Any], answers: MutableMapping | None = None):
+        """`answers`: where each frame's contrast answer is kept (see `_memoized_contrast`;
+        a mapping other processes share, or this one's own)."""
         self._rest = rest
         self._dataset = sdk_dataset
+        self._answers = {} if answers is None else answers
         self._memoized = False
+
+    def snapshot(self) -> dict | None:
+        """What the SDK has read of the dataset and of the user's view of it (plain data),
+        for `restore` in another process's `Images`, so that it draws by the same view
+        without asking for it again; None when that is not all read yet."""
+        dataset = self._dataset()
+        state = {name: getattr(dataset, name, None) for name in _DATASET_STATE}
+        state.update({name: getattr(dataset.collections, name, None) for name in _VIEW_STATE})
+        return state if all(value is not None for value in state.values()) else None
+
+    def restore(self, snapshot: dict | None) -> None:
+        """Start from another `Images`' `snapshot` (nothing to do for None)."""
+        if snapshot is None:
+            return
+        dataset = self._dataset()
+        for name in _DATASET_STATE:
+            setattr(dataset, name, snapshot[name])
+        for name in _VIEW_STATE:
+            setattr(dataset.collections, name, snapshot[name])
 
     @property
     def _images(self):
@@ -33,7 +61,7 @@ class Images:
         is the same for every window of a frame and channel (the SDK asks per composite)."""
         images = self._dataset().images
         if not self._memoized:
-            images._contrast_range = _memoized_contrast(images._contrast_range)
+            images._contrast_range = _memoized_contrast(images._contrast_range, self._answers)
             self._memoized = True
         return images
 
@@ -94,17 +122,19 @@ def _where(location: Location) -> str:
     return f"XY {location.xy + 1}, Z {location.z + 1}, Time {location.time + 1}"
 
 
-def _memoized_contrast(contrast_range: Callable) -> Callable:
-    """The SDK's `_contrast_range(contrast, frames)`, each answer kept for the job (one
-    histogram request per frame and contrast setting, whichever thread asks first)."""
-    answers: dict = {}
+def _memoized_contrast(contrast_range: Callable, answers: MutableMapping) -> Callable:
+    """The SDK's `_contrast_range(contrast, frames)`, each answer kept in `answers` for the
+    job (one histogram request per frame and contrast setting, whichever thread or process
+    asks first; two asking at the same moment may both ask)."""
     lock = threading.Lock()
 
     def memoized(contrast: dict, frames: list[int]):
         key = (json.dumps(contrast, sort_keys=True, default=str), tuple(frames))
         with lock:
-            if key in answers:
+            try:
                 return answers[key]
+            except KeyError:
+                pass
         answer = contrast_range(contrast, frames)
         with lock:
             answers.setdefault(key, answer)

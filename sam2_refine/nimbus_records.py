@@ -96,13 +96,23 @@ class AnnotationRecord(Mapping):
         return float(x), float(y), (float(z.mean()) if z is not None else None)
 
 
+def location_of(document: Mapping) -> Location:
+    """Where an annotation is: a compact record's own, or read from a document."""
+    if isinstance(document, AnnotationRecord):
+        return document.location
+    return Location.from_dict(document.get("location"))
+
+
 def outline_digest(shape: str, coordinates: Iterable[Any]) -> str:
     """A digest of an outline: the same for the same shape and vertices (to 1e-4 px)."""
-    parts = [str(shape)]
-    for point in coordinates:
-        if isinstance(point, dict):
-            parts.append(f"{_number(point.get('x')):.4f},{_number(point.get('y')):.4f}")
-    return hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
+    return _digest(str(shape), _points([point for point in coordinates if isinstance(point, dict)]))
+
+
+def _digest(shape: str, points: np.ndarray) -> str:
+    """`outline_digest` of vertices already read (`_points`): "shape;x,y;x,y..." with 4
+    decimals, hashed; one formatting of all the numbers at once."""
+    text = shape + ";%.4f,%.4f" * len(points) % tuple(points.ravel().tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _number(value: Any) -> float:
@@ -112,29 +122,45 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def record_of(document: Mapping) -> AnnotationRecord:
-    """The compact record of one platform annotation document."""
+def _points(coordinates: list[dict]) -> np.ndarray:
+    """(n, 2) float64 x, y of the vertices; a value that is not a number is NaN."""
+    try:  # well-formed coordinates (the platform's): one conversion
+        points = np.array([(c["x"], c["y"]) for c in coordinates], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        points = np.array([(_number(c.get("x")), _number(c.get("y"))) for c in coordinates], dtype=np.float64)
+    return points.reshape(-1, 2)
+
+
+def record_of(document: Mapping, location: Location | None = None) -> AnnotationRecord:
+    """The compact record of one platform annotation document (`location`: its location,
+    if the caller has read it already)."""
     if isinstance(document, AnnotationRecord):
         return document
-    coordinates = [c for c in (document.get("coordinates") or []) if isinstance(c, dict)]
-    points = np.array([(_number(c.get("x")), _number(c.get("y"))) for c in coordinates], dtype=np.float64)
-    points = points.reshape(-1, 2)
+    raw = document.get("coordinates") or []
+    try:  # the platform's: every vertex a dict with x and y, converted at once
+        points = np.array([(c["x"], c["y"]) for c in raw], dtype=np.float64).reshape(-1, 2)
+        coordinates = raw
+    except (KeyError, TypeError, ValueError, IndexError):
+        coordinates = [c for c in raw if isinstance(c, dict)]
+        points = _points(coordinates)
     z = None
     if coordinates and all("z" in c for c in coordinates):
         z = np.array([_number(c["z"]) for c in coordinates], dtype=np.float64)
     channel = document.get("channel")
     marker, source = document.get(MARKER_KEY), document.get(SOURCE_KEY)
+    shape = str(document.get("shape") or "")
     return AnnotationRecord(
         id=str(document["_id"]),
-        shape=str(document.get("shape") or ""),
+        shape=shape,
         tags=tuple(tag for tag in (document.get("tags") or []) if isinstance(tag, str)),
-        location=Location.from_dict(document.get("location") if isinstance(document.get("location"), dict) else None),
+        location=location if location is not None else Location.from_dict(
+            document.get("location") if isinstance(document.get("location"), dict) else None),
         channel=channel if isinstance(channel, int) and not isinstance(channel, bool) else None,
         points=points,
         z=z,
         marker=str(marker) if marker is not None else None,
         source=str(source) if source is not None else None,
-        outline_digest=outline_digest(str(document.get("shape") or ""), coordinates),
+        outline_digest=_digest(shape, points),
         doubted=document.get(DOUBTED_KEY) is True,
     )
 

@@ -302,9 +302,13 @@ class Rest:
     # --- writes: sent once ----------------------------------------------------------------
 
     def write(self, method: str, path: str, body: Any) -> Any:
-        """One write: its answer, or OutcomeUnknown / PayloadTooLarge / the final refusal."""
+        """One write: its answer, or OutcomeUnknown / PayloadTooLarge / the final refusal.
+        The body is sent as `json_body` makes it, the answer parsed with orjson (a create's
+        body and answer are mostly coordinates)."""
         try:
-            return self._girder.sendRestRequest(method, path, json=body)
+            answer = self._girder.sendRestRequest(method, path, data=json_body(body), headers=_JSON_BODY,
+                                                  jsonResp=False)
+            return orjson.loads(answer.content)
         except Exception as error:
             access = access_error(error)
             if access is not None:
@@ -343,9 +347,18 @@ def iter_chunks(items: list[T], size: int) -> Iterator[list[T]]:
         yield items[start:start + size]
 
 
+_JSON_BODY = {"Content-Type": "application/json"}
+
+
+def json_body(value: Any) -> bytes:
+    """`value` as a request body: compact JSON (orjson; floats written as Python writes them;
+    numpy numbers as numbers)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_size(value: Any) -> int:
     """Bytes of `value` as a request body."""
-    return len(json.dumps(value).encode())
+    return len(json_body(value))
 
 
 def chunks_by_size(items: list[T], max_count: int, max_bytes: int) -> Iterator[list[T]]:

@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from .markers import is_output_of
+import numpy as np
+
+from .drawn import original_outline, outline_points
+from .geometry import coordinates_to_points
+from .markers import is_output_of, marked_source
+from .nimbus_records import AnnotationRecord, location_of
 from .parameters import Location
-from .review import original_outline
 
 # The shapes that outline an object, so can be refined.
 OUTLINE_SHAPES = ("polygon", "rectangle")
 
 
 def has_any_tag(document: Mapping, tags: tuple[str, ...]) -> bool:
-    return not tags or any(tag in (document.get("tags") or []) for tag in tags)
+    found = document.tags if isinstance(document, AnnotationRecord) else document.get("tags") or []
+    return not tags or any(tag in found for tag in tags)
 
 
 def select_originals(
@@ -25,14 +30,23 @@ def select_originals(
     wanted = set(locations)
     grouped: dict[Location, list[dict]] = defaultdict(list)
     for document in documents:
-        if document.get("shape") not in OUTLINE_SHAPES or not has_any_tag(document, tags):
+        record = isinstance(document, AnnotationRecord)  # its own fields, read as they are
+        if (document.shape if record else document.get("shape")) not in OUTLINE_SHAPES \
+                or not has_any_tag(document, tags):
             continue
-        if key and is_output_of(document, key):
+        if key and (marked_source(document.marker, key) is not None if record else is_output_of(document, key)):
             continue
-        location = Location.from_dict(document.get("location"))
+        location = location_of(document)
         if location in wanted:
             grouped[location].append(document)
     return {location: grouped[location] for location in locations if grouped.get(location)}
+
+
+def prompt_points(document: Mapping) -> np.ndarray:
+    """`prompt_coordinates` as (n, 2) x, y points (a compact record's own, as read)."""
+    if document.get("shape") != "rectangle":
+        return outline_points(document)
+    return coordinates_to_points(prompt_coordinates(document))
 
 
 def prompt_coordinates(document: Mapping) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import shapely
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
@@ -25,6 +26,24 @@ def _agreement(refined: Polygon, original: Polygon | None) -> float:
         return 0.0
     union = refined.union(original).area
     return refined.intersection(original).area / union if union > 0 else 0.0
+
+
+def _agreements(refined: list[Polygon], originals: list[Polygon | None]) -> list[float]:
+    """`_agreement` of each pair, the geometry for all of them at once (the same operations)."""
+    found = [0.0] * len(refined)
+    pairs = [k for k, original in enumerate(originals) if original is not None]
+    if pairs:
+        a, b = _as_array([refined[k] for k in pairs]), _as_array([originals[k] for k in pairs])
+        union, shared = shapely.area(shapely.union(a, b)), shapely.area(shapely.intersection(a, b))
+        for k, u, s in zip(pairs, union.tolist(), shared.tolist()):
+            found[k] = s / u if u > 0 else 0.0
+    return found
+
+
+def _as_array(polygons: list) -> np.ndarray:
+    array = np.empty(len(polygons), dtype=object)
+    array[:] = polygons
+    return array
 
 
 @dataclass(frozen=True)
@@ -62,26 +81,31 @@ def overlap_doubts(
     Objects are taken best first (`ranking`, smaller is better); one that overlaps an
     outline already kept is doubtful, so two prompts on one cell leave one accepted
     outline. Outlines accepted earlier (another run) count as kept from the start.
+    Which outlines overlap which is found for all of them at once (one query of the
+    index, the shared areas in one go); taking them best first then only looks it up.
     """
     present, everything = outlines.present, outlines.everything
+    # Pairs (outline of this run, any other) whose bounds meet: their shared area decides.
+    mine, other = outlines.tree.query(_as_array(everything[:len(present)]))
+    keep = mine != other
+    mine, other = mine[keep], other[keep]
+    overlapping: list[list[int]] = [[] for _ in present]
+    if len(mine):
+        first, second = _as_array([everything[i] for i in mine]), _as_array([everything[i] for i in other])
+        smaller = np.minimum(shapely.area(first), shapely.area(second))
+        shared = shapely.area(shapely.intersection(first, second))
+        for position, neighbour in zip(mine[(smaller > 0) & (shared > max_share * smaller)].tolist(),
+                                       other[(smaller > 0) & (shared > max_share * smaller)].tolist()):
+            overlapping[position].append(neighbour)
     kept = set(range(len(present), len(everything)))
     position_of = {index: position for position, index in enumerate(present)}
     doubtful: set[int] = set()
     for index in sorted(present, key=lambda i: ranking[i]):
-        polygon = refined[index]
-        clash = False
-        for other in outlines.tree.query(polygon):
-            other = int(other)
-            if other == position_of[index] or other not in kept:
-                continue
-            smaller = min(polygon.area, everything[other].area)
-            if smaller > 0 and polygon.intersection(everything[other]).area > max_share * smaller:
-                clash = True
-                break
-        if clash:
+        position = position_of[index]
+        if any(neighbour in kept for neighbour in overlapping[position]):
             doubtful.add(index)
         else:
-            kept.add(position_of[index])
+            kept.add(position)
     return doubtful
 
 
@@ -101,15 +125,13 @@ def with_overlap_doubts(
     # whose bounds meet another's can clash, so only theirs is computed.
     outlines = _indexed(refined, accepted_elsewhere)
     if outlines is not None:
-        clashing = _touching_others(outlines)
-        ranking = [
-            (bool(doubts[i]), -_agreement(polygon, originals[i]) if i in clashing else 0.0, i)
-            for i, polygon in enumerate(refined)
-        ]
+        clashing = sorted(_touching_others(outlines))
+        agreement = dict(zip(clashing, _agreements([refined[i] for i in clashing], [originals[i] for i in clashing])))
+        ranking = [(bool(doubts[i]), -agreement[i] if i in agreement else 0.0, i) for i in range(len(refined))]
         for index in overlap_doubts(refined, ranking, outlines, max_share):
             if Reason.OVERLAPS_ANOTHER not in doubts[index]:
                 doubts[index].append(Reason.OVERLAPS_ANOTHER)
     return [
-        replace(outcome, doubts=tuple(found)) if outcome.polygon is not None else outcome
-        for outcome, found in zip(outcomes, doubts)
+        replace(outcome, doubts=tuple(found)) if outcome.polygon is not None and tuple(found) != outcome.doubts
+        else outcome for outcome, found in zip(outcomes, doubts)
     ]

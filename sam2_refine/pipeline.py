@@ -5,12 +5,15 @@ This is the one composition of the engine's steps: a job runs it over its locati
 
 Stages, from the image to the platform:
 - fetch (threads): each window's image, up to `prefetch` windows ahead of the model, so
-  waiting for the server overlaps everything else;
+  waiting for the server overlaps everything else (the worker's `fetch` may hand the work
+  on to processes of its own: nimbus_fetchers.py);
 - model (the calling thread): SAM2 encodes each window (several at once where the
   predictor can batch them) and decodes its boxes, batch by batch; each batch becomes
   the objects' `engine.ObjectTask`s;
 - outline (processes, one per CPU the job may use; in line when there is one): the tasks,
-  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives);
+  CHUNK objects at a time, settled (outlines.py: outline, review, SAM2's alternatives); a
+  chunk's objects whose masks go on beyond the logits that crossed are settled once more,
+  with all of them, before the location is finished;
 - finish (one thread): once a location's objects are all settled, the overlap check of the
   location, then the caller's `finish` (decide and write back), one location at a time
   and in order, while the stages above work on the locations after it.
@@ -58,12 +61,13 @@ POLL = 0.2                 # seconds between checks for a stop while waiting on 
 
 @dataclass
 class LocationWork:
-    """One location to refine: its originals' prompt coordinates and outlines (the areas
-    the review compares with), outlines an earlier run accepted there, where its window
-    images come from, and the caller's own `context` (handed back to `finish`)."""
+    """One location to refine: its originals' prompt coordinates (or their (n, 2) points)
+    and outlines (the areas the review compares with), outlines an earlier run accepted
+    there, where its window images come from, and the caller's own `context` (handed back
+    to `finish`)."""
 
     frame_size: tuple[int, int]
-    coordinates: list[list[dict]]
+    coordinates: list[list[dict] | np.ndarray]
     outlines: list[Polygon | None]
     fetch: Callable[[Window], np.ndarray]
     accepted_elsewhere: list[Polygon] = field(default_factory=list)
@@ -140,7 +144,8 @@ _COMPLETE, _ABANDONED = object(), object()
 @dataclass(eq=False)  # one location is one object: compared by identity
 class _Location:
     """A location on its way through the stages. `batches` carries (future of the settled
-    tasks, object count) from the model stage to the finish stage, then _COMPLETE."""
+    tasks, object count, the TaskChunk) from the model stage to the finish stage, then
+    _COMPLETE."""
 
     work: LocationWork
     plan: LocationPlan
@@ -198,6 +203,7 @@ class Pipeline:
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._log = log or _to_stderr
+        self._outlines: Executor | None = None
         self.clock = StageClock()
 
     # --- failures ------------------------------------------------------------------
@@ -231,7 +237,7 @@ class Pipeline:
 
     def run(self, works: Iterable[LocationWork]) -> None:
         finishing: queue.Queue = queue.Queue(maxsize=FINISH_QUEUE)
-        outlines = outline_executor(self._workers)
+        outlines = self._outlines = outline_executor(self._workers)
         budget = _Budget(MAX_OBJECTS_IN_FLIGHT, self._stop)
         finisher = threading.Thread(target=self._finish_stage, args=(finishing, budget), name="finish", daemon=True)
         finisher.start()
@@ -306,8 +312,8 @@ class Pipeline:
         def send(location: _Location) -> None:
             if pending:
                 budget.take(len(pending))
-                location.batches.put((outlines.submit(settle_timed, TaskChunk(list(pending)), self._settings),
-                                      len(pending)))
+                chunk = TaskChunk(list(pending))
+                location.batches.put((outlines.submit(settle_timed, chunk, self._settings), len(pending), chunk))
                 pending.clear()
 
         try:
@@ -407,9 +413,14 @@ class Pipeline:
         while (batch := self._next_batch(location)) is not _COMPLETE:
             if batch is _ABANDONED:
                 return False
-            future, count = batch
+            future, count, chunk = batch
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
+            if settled.unsettled:  # masks that go on beyond what crossed: again, with all their logits
+                again = self._outlines.submit(settle_timed, chunk.again(settled.unsettled), self._settings)
+                rest, seconds = self.clock.timed("finish waited for outlines", self._wait, again)
+                self.clock.add("outline", seconds)
+                plan.settle(rest)
             budget.give(count)
             plan.settle(settled)
             done += count

@@ -43,11 +43,12 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon, box
 
-from .geometry import coordinates_to_points
+from .drawn import (  # noqa: F401 (the review's names for them, as before)
+    FrameSize, _as_array, _largest_polygon, original_outline, original_outlines, outline_points, within_frame,
+    within_frame_all,
+)
 from .outcome import Outcome, Reason
 from .overlap import with_overlap_doubts
-
-FrameSize = tuple[int, int]  # (width, height), image pixels
 _ON_EDGE = 1e-6  # pixels: a coordinate this close to the image's edge lies on it
 
 
@@ -175,42 +176,26 @@ def primary_reason(doubts: tuple[Reason, ...]) -> Reason:
     return min(doubts, key=lambda reason: REASON_ORDER.index(reason) if reason in REASON_ORDER else len(REASON_ORDER))
 
 
-def original_outline(document: dict) -> Polygon | None:
-    """The area an original outlines: a rectangle's box, a polygon's interior (repaired
-    if it crosses itself); None when it outlines no area."""
-    points = coordinates_to_points(document.get("coordinates") or [])
-    if len(points) == 0:
-        return None
-    if document.get("shape") == "rectangle":
-        x0, y0 = points.min(axis=0)
-        x1, y1 = points.max(axis=0)
-        return box(x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-    if len(points) < 3:
-        return None
-    outline = Polygon(points)
-    if not outline.is_valid:
-        outline = shapely.make_valid(outline)
-        polygons = [g for g in getattr(outline, "geoms", [outline]) if isinstance(g, Polygon)]
-        outline = max(polygons, key=lambda p: p.area) if polygons else None
-    return outline if outline is not None and outline.area > 0 else None
-
-
-def _largest_polygon(shape) -> Polygon | None:
-    parts = [shape] if isinstance(shape, Polygon) else [g for g in getattr(shape, "geoms", []) if isinstance(g, Polygon)]
-    parts = [part for part in parts if not part.is_empty and part.area > 0]
-    return max(parts, key=lambda part: part.area) if parts else None
-
-
-def within_frame(outline: Polygon | None, frame_size: FrameSize | None) -> Polygon | None:
-    """The part of an outline inside the image, as a refinement is clipped; None if none.
-    Unchanged without a frame size."""
-    if outline is None or frame_size is None:
-        return outline
-    width, height = frame_size
-    x0, y0, x1, y1 = outline.bounds
-    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
-        return outline
-    return _largest_polygon(outline.intersection(box(0, 0, width, height)))
+def zone_bounds(originals: list[Polygon | None], thresholds: Thresholds = DEFAULT_THRESHOLDS
+                ) -> list[tuple[float, float, float, float] | None]:
+    """The bounds (x0, y0, x1, y1) of each original's `allowed_zone` (None for None): a
+    round buffer's bounds are the original's grown by the buffer distance (`spill_growth`,
+    computed for all of them at once, with the same arithmetic)."""
+    present = [k for k, original in enumerate(originals) if original is not None]
+    found: list[tuple[float, float, float, float] | None] = [None] * len(originals)
+    if not present:
+        return found
+    array = _as_array([originals[k] for k in present])
+    x0, y0, x1, y1 = shapely.bounds(array).T
+    area = shapely.area(array)
+    width, height = x1 - x0, y1 - y0
+    box_like = area >= 0.99 * width * height  # is_box
+    size = np.maximum(np.maximum(width, height), 2.0 * np.sqrt(area / math.pi))  # outline_size
+    growth = np.where(box_like, thresholds.box_growth_px + thresholds.box_growth_share * size,
+                      thresholds.drawn_growth_px + thresholds.drawn_growth_share * size)
+    for k, bounds in zip(present, np.column_stack([x0 - growth, y0 - growth, x1 + growth, y1 + growth]).tolist()):
+        found[k] = tuple(bounds)
+    return found
 
 
 def equivalent_diameter(outline: Polygon) -> float:
@@ -252,18 +237,49 @@ def allowed_zone(original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS)
     return original.buffer(spill_growth(original, thresholds))
 
 
+class AllowedZone:
+    """An original's `allowed_zone`, made only when it is needed: the zone is the original
+    grown, so a refinement inside the original itself (about half of them) lies inside it,
+    which is told without making it."""
+
+    def __init__(self, original: Polygon, thresholds: Thresholds = DEFAULT_THRESHOLDS):
+        self.original = original
+        self._thresholds = thresholds
+        self._polygon: Polygon | None = None
+
+    @property
+    def polygon(self) -> Polygon:
+        if self._polygon is None:
+            self._polygon = allowed_zone(self.original, self._thresholds)
+        return self._polygon
+
+    def contains(self, refined: Polygon) -> bool:
+        """`self.polygon.contains(refined)`."""
+        if self._polygon is None and _within_bounds(refined, self.original) \
+                and spill_growth(self.original, self._thresholds) > 0 and self.original.contains(refined):
+            return True
+        return self.polygon.contains(refined)
+
+
+def _within_bounds(inner: Polygon, outer: Polygon) -> bool:
+    x0, y0, x1, y1 = inner.bounds
+    ox0, oy0, ox1, oy1 = outer.bounds
+    return ox0 <= x0 and oy0 <= y0 and x1 <= ox1 and y1 <= oy1
+
+
 def spills(
-    refined: Polygon, original: Polygon, zone: Polygon | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS
+    refined: Polygon, original: Polygon, zone: Polygon | AllowedZone | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> bool:
-    """Whether more of `refined` lies outside the original's `allowed_zone` (given, or
-    made here) than the original's kind allows."""
+    """Whether more of `refined` lies outside the original's `allowed_zone` (given, made
+    when needed, or made here) than the original's kind allows."""
     if refined.area <= 0:
         return False
     limit = thresholds.box_outside_share if is_box(original) else thresholds.drawn_outside_share
-    zone = allowed_zone(original, thresholds) if zone is None else zone
+    zone = AllowedZone(original, thresholds) if zone is None else zone
     if zone.contains(refined):  # nothing outside (most refinements: a few times cheaper to tell)
         return False
-    return _share_outside(refined, zone) > limit
+    return _share_outside(refined, zone.polygon if isinstance(zone, AllowedZone) else zone) > limit
 
 
 def cut_by_frame(refined: Polygon, frame_size: FrameSize | None) -> bool:
@@ -320,7 +336,7 @@ def shape_doubts(
     original: Polygon | None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_size: FrameSize | None = None,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
 ) -> list[Reason]:
     """The shape signals of one refinement (unpadded, clipped to the image) against its
     original (as `original_outline` gives it; clipped here to the image when `frame_size`,
@@ -349,7 +365,7 @@ def object_doubts(
     outcome: Outcome,
     original: Polygon | None,
     frame_size: FrameSize | None = None,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[Reason]:
     """Every doubt about one refinement on its own (the engine's, SAM2's scores, the shape
@@ -392,7 +408,7 @@ def judge_object(
     frame_size: FrameSize | None,
     span: float,
     thresholds: Thresholds,
-    zone: Polygon | None = None,
+    zone: Polygon | AllowedZone | None = None,
 ) -> Outcome:
     """One refinement judged on its own (`object_doubts`), marked `judged`. An object whose
     box spans `span` of SAM2's mask pixels is too coarse at that resolution below

@@ -79,6 +79,18 @@ def search_area(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     )
 
 
+def search_areas(boxes: list[Box], width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """`search_area` of each box, computed for all at once (the same arithmetic)."""
+    if not boxes:
+        return []
+    bounds = np.array([(b.x0, b.y0, b.x1, b.y1) for b in boxes], dtype=np.float64)
+    margin = np.maximum(MIN_MARGIN, MARGIN_FRACTION * np.maximum(bounds[:, 2] - bounds[:, 0],
+                                                                 bounds[:, 3] - bounds[:, 1]))[:, None]
+    low = np.maximum(np.floor(bounds[:, :2] - margin), 0)
+    high = np.minimum(np.ceil(bounds[:, 2:] + margin), (width, height))
+    return [tuple(area) for area in np.concatenate([low, high], axis=1).astype(np.int64).tolist()]
+
+
 def side_limit(box: Box) -> int:
     """The largest window side at which `box` spans MIN_LOW_RES_SPAN low-res pixels, on the ladder."""
     largest = LOW_RES_SIZE * box.longer_side / MIN_LOW_RES_SPAN
@@ -95,38 +107,26 @@ def _place(start: int, side: int, extent: int) -> tuple[int, int]:
     return start, side
 
 
-def _fits(area: tuple[int, int, int, int], window: Window) -> bool:
-    col0, row0, col1, row1 = area
-    return (
-        window.left <= col0 and col1 <= window.left + window.width
-        and window.top <= row0 and row1 <= window.top + window.height
-    )
-
-
 def whole_frame(boxes: list[Box], width: int, height: int) -> list[tuple[Window, list[int]]]:
     return [(Window(0, 0, width, height), list(range(len(boxes))))] if boxes else []
 
 
-def _best_left(
-    first: int, unplaced: list[int], areas: list[tuple[int, int, int, int]], limits: list[int],
-    side: int, top: int, bottom: int, width: int,
-) -> int:
+def _best_left(first: int, band: np.ndarray, areas: np.ndarray, limits: np.ndarray, side: int, top: int,
+               bottom: int, width: int) -> int:
     """The left edge (image column) of a window of `side` over rows [top, bottom) that holds
-    `first`'s area and as many other unplaced areas (whose limits allow `side`) as
-    possible; among equals, the one nearest `first`'s own left edge."""
-    col0, _, col1, _ = areas[first]
+    `first`'s area and as many other unplaced areas of `band` (whose limits allow `side`)
+    as possible; among equals, the one nearest `first`'s own left edge. `areas` (N, 4) and
+    `limits` (N,) are every object's, `band` the unplaced objects' indices."""
+    col0, _, col1, _ = (int(v) for v in areas[first])
     lowest, highest = max(0, col1 - side), min(col0, max(0, width - side))
     if highest <= lowest:
         return col0
-    eligible = [
-        areas[i] for i in unplaced
-        if i != first and limits[i] >= side and top <= areas[i][1] and areas[i][3] <= bottom
-        and areas[i][2] - areas[i][0] <= side
-    ]
-    candidates = {min(col0, highest)} | {a[0] for a in eligible} | {a[2] - side for a in eligible}
-    lefts = np.array(sorted(c for c in candidates if lowest <= c <= highest), dtype=np.int64)
-    starts = np.array([a[0] for a in eligible], dtype=np.int64)
-    ends = np.array([a[2] for a in eligible], dtype=np.int64)
+    found = areas[band]
+    eligible = found[(band != first) & (limits[band] >= side) & (top <= found[:, 1]) & (found[:, 3] <= bottom)
+                     & (found[:, 2] - found[:, 0] <= side)]
+    starts, ends = eligible[:, 0], eligible[:, 2]
+    lefts = np.unique(np.concatenate([[min(col0, highest)], starts, ends - side]))
+    lefts = lefts[(lowest <= lefts) & (lefts <= highest)]
     held = ((lefts[:, None] <= starts) & (ends <= lefts[:, None] + side)).sum(axis=1)
     # Most held, then nearest `first`'s left edge, then the leftmost (the first of equals).
     return int(lefts[np.lexsort((np.abs(lefts - col0), -held))[0]])
@@ -143,11 +143,17 @@ def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[t
     order of their areas' top rows: a window starts at or above the first unplaced one's,
     so only those whose areas start above its bottom row can be in it (a band of the
     frame, not every object left)."""
-    areas = [search_area(b, width, height) for b in boxes]
-    limits = [side_limit(b) for b in boxes]
-    order = sorted(range(len(boxes)), key=lambda i: (areas[i][1], areas[i][0]))
+    return _greedy(search_areas(boxes, width, height), [side_limit(b) for b in boxes], width, height)
+
+
+def _greedy(areas: list[tuple[int, int, int, int]], limits: list[int], width: int, height: int
+            ) -> Iterator[tuple[Window, list[int]]]:
+    if not areas:
+        return
+    order = sorted(range(len(areas)), key=lambda i: (areas[i][1], areas[i][0]))
     tops = [areas[i][1] for i in order]
-    placed = [False] * len(boxes)
+    order_array, area_array, limit_array = np.array(order), np.array(areas, dtype=np.int64), np.array(limits)
+    placed = np.zeros(len(areas), dtype=bool)
     head = 0
     while True:
         while head < len(order) and placed[order[head]]:
@@ -158,14 +164,17 @@ def iter_greedy_windows(boxes: list[Box], width: int, height: int) -> Iterator[t
         col0, row0, col1, row1 = areas[first]
         side = max(limits[first], col1 - col0, row1 - row0)
         top, window_height = _place(row0, side, height)
-        band = [i for i in order[head:bisect_left(tops, top + window_height, lo=head)] if not placed[i]]
-        left = _best_left(first, band, areas, limits, side, top, top + window_height, width)
+        band = order_array[head:bisect_left(tops, top + window_height, lo=head)]
+        band = band[~placed[band]]
+        left = _best_left(first, band, area_array, limit_array, side, top, top + window_height, width)
         left, window_width = _place(left, side, width)
         window = Window(left, top, window_width, window_height)
-        members = [i for i in band if i == first or (limits[i] >= side and _fits(areas[i], window))]
-        for i in members:
-            placed[i] = True
-        yield window, members
+        found = area_array[band]
+        members = band[(band == first) | ((limit_array[band] >= side) & (left <= found[:, 0])
+                                          & (found[:, 2] <= left + window_width) & (top <= found[:, 1])
+                                          & (found[:, 3] <= top + window_height))]
+        placed[members] = True
+        yield window, members.tolist()
 
 
 def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:
@@ -177,7 +186,11 @@ def shrink_window(window: Window, member_boxes: list[Box], width: int, height: i
     """The smallest square window (within `window`'s side) that holds every member's search
     area and gives SAM2 context: a side of at least CONTEXT_FACTOR x the largest member's
     box side and at least MIN_CONTEXT_SIDE, centred on the members."""
-    areas = [search_area(b, width, height) for b in member_boxes]
+    return _shrunk(window, member_boxes, search_areas(member_boxes, width, height), width, height)
+
+
+def _shrunk(window: Window, member_boxes: list[Box], areas: list[tuple[int, int, int, int]], width: int,
+            height: int) -> Window:
     col0, row0 = min(a[0] for a in areas), min(a[1] for a in areas)
     col1, row1 = max(a[2] for a in areas), max(a[3] for a in areas)
     context = CONTEXT_FACTOR * max(b.longer_side for b in member_boxes)
@@ -197,5 +210,6 @@ def auto_windows(boxes: list[Box], width: int, height: int) -> list[tuple[Window
 def iter_auto_windows(boxes: list[Box], width: int, height: int) -> Iterator[tuple[Window, list[int]]]:
     """`auto_windows` one window at a time, as each is placed (the first can be encoded
     while the rest are being placed)."""
-    for window, members in iter_greedy_windows(boxes, width, height):
-        yield shrink_window(window, [boxes[i] for i in members], width, height), members
+    areas = search_areas(boxes, width, height)
+    for window, members in _greedy(areas, [side_limit(b) for b in boxes], width, height):
+        yield _shrunk(window, [boxes[i] for i in members], [areas[i] for i in members], width, height), members

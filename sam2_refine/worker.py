@@ -10,6 +10,7 @@ continues where the first stopped.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,20 @@ import numpy as np
 from . import interface as ui
 from .creates import Refined
 from .device import usable_cpu_count
+from .drawn import original_outlines, outline_points
 from .engine import RefineSettings, WindowImages, why_not_accepted
 from .errors import WorkerError, unexpected
 from .markers import run_key
 from .messages import Reporter, plural
 from .seam import MODEL_INPUT_SIDE, MaskPredictor
 from .nimbus import FrameGeometry, Platform
-from .originals import prompt_coordinates
+from .nimbus_fetchers import Fetchers
+from .originals import prompt_points
 from .outcome import Outcome
 from .parameters import Location, RefineParameters, parse_parameters, resolve_locations
-from .pipeline import LocationWork, run_pipeline
+from .pipeline import FETCH_THREADS, LocationWork, run_pipeline
 from .resume import Counterpart, read_job
-from .review import DEFAULT_THRESHOLDS, original_outline, unpadded
+from .review import DEFAULT_THRESHOLDS, unpadded
 from .seam import PredictorAdapter, adapt
 from .summary import Tally, check_something_refined, report_end, report_nothing_to_refine, with_saved_work
 from .writeback import Unfinished, WriteBack
@@ -66,16 +69,18 @@ def whole_frame_fetch_size(frame: FrameGeometry) -> int | None:
 
 
 def window_images(
-    platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter
+    platform: Platform, location: Location, frame: FrameGeometry, resolution: str, reporter: Reporter,
+    fetchers: Fetchers | None = None,
 ) -> WindowImages:
     """Where the engine gets its windows, fetched at no more than the resolution SAM2 uses:
     in Auto each window's own region, so memory follows the window and not the frame; in
-    Whole frame the frame, downsampled."""
+    Whole frame the frame, downsampled. With `fetchers`, they are fetched and drawn in
+    those processes, and only received here."""
     warned = False
 
-    def checked(image: np.ndarray) -> np.ndarray:
+    def checked(image: np.ndarray, black: bool) -> np.ndarray:
         nonlocal warned
-        if not warned and not image.any():
+        if not warned and black:
             warned = True
             reporter.warning(
                 f"The image SAM2 sees at {_where(location)} is black as displayed",
@@ -83,11 +88,19 @@ def window_images(
             )
         return image
 
-    if resolution == ui.RESOLUTION_WHOLE_FRAME:
-        return lambda window: checked(platform.frame_image(location, whole_frame_fetch_size(frame)))
-    return lambda window: checked(
-        platform.window_image(location, window, model_fetch_size(window.width, window.height))
-    )
+    whole = resolution == ui.RESOLUTION_WHOLE_FRAME
+    if fetchers is not None:
+        if whole:
+            return lambda window: checked(*fetchers.frame(location, whole_frame_fetch_size(frame)))
+        return lambda window: checked(*fetchers.window(location, window, model_fetch_size(window.width, window.height)))
+
+    def black(image: np.ndarray) -> tuple[np.ndarray, bool]:
+        return image, not warned and not image.any()
+
+    if whole:
+        return lambda window: checked(*black(platform.frame_image(location, whole_frame_fetch_size(frame))))
+    return lambda window: checked(*black(
+        platform.window_image(location, window, model_fetch_size(window.width, window.height))))
 
 
 def _where(location: Location) -> str:
@@ -179,15 +192,18 @@ def run_compute(
         _report_device(loaded, params.model_name, reporter)
         return loaded
 
+    workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
+    # With processes for the outlines, the window images are drawn in processes too.
+    fetchers = platform.fetchers(FETCH_THREADS) if workers > 1 else None
+
     def works():
         for location in list(by_location):
             yield _location_work(platform, location, by_location.pop(location), earlier,
-                                 job.earlier.accepted_polygons(location), frame, params, reporter)
+                                 job.earlier.accepted_polygons(location), frame, params, reporter, fetchers)
 
     def finish(work: LocationWork, outcomes: list[Outcome]) -> None:
         _finish_location(work, outcomes, params, writer, tally, reporter)
 
-    workers = usable_cpu_count() if tally.to_refine >= PROCESS_POOL_MIN_OBJECTS else 1
     try:
         clock = run_pipeline(works(), predictor, settings, finish,
                              lambda work, done: _progress(work, done, tally, reporter), workers, log=reporter.log)
@@ -204,6 +220,9 @@ def run_compute(
         if failure is error:
             raise
         raise failure from error
+    finally:
+        if fetchers is not None:
+            fetchers.close(wait=sys.exc_info()[0] is None)
     report_end(tally, writer.result, params, reporter)
     check_something_refined(tally, writer.result)
 
@@ -226,6 +245,7 @@ def _location_work(
     frame: FrameGeometry,
     params: RefineParameters,
     reporter: Reporter,
+    fetchers: Fetchers | None = None,
 ) -> LocationWork:
     """A location for the pipeline: the originals still to refine, and those an earlier run
     refined (only write-back may be left to do for them); `accepted_earlier` are the
@@ -233,11 +253,14 @@ def _location_work(
     counts as kept (one accepted outline per cell across runs)."""
     done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
     todo = [original for original in originals if original["_id"] not in earlier]
+    points = [outline_points(original) for original in todo]
     return LocationWork(
         frame_size=(frame.width, frame.height),
-        coordinates=[prompt_coordinates(original) for original in todo],
-        outlines=[original_outline(original) for original in todo],
-        fetch=window_images(platform, location, frame, params.resolution, reporter),
+        # A rectangle prompts with its box, a polygon with its own points.
+        coordinates=[prompt_points(original) if original.get("shape") == "rectangle" else found
+                     for original, found in zip(todo, points)],
+        outlines=original_outlines(todo, points),
+        fetch=window_images(platform, location, frame, params.resolution, reporter, fetchers),
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
         context=_Place(location, todo, done),

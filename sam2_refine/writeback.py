@@ -110,11 +110,11 @@ class WriteBack:
                       created: dict[str, str]) -> None:
         result = self.ledger.result
         result.created_doubtful += sum(1 for r in refined if r.doubtful and r.original["_id"] in created)
-        children = {
-            created[r.original["_id"]]: vertex_centroid(r.polygon)
-            for r in refined if r.original["_id"] in created
-        }
-        children.update({c.refined_id: c.point for _, c in earlier})
+        children = {}
+        if self.params.connect_to is not None:  # where each is measured from, only to connect it
+            children = {created[r.original["_id"]]: vertex_centroid(r.polygon)
+                        for r in refined if r.original["_id"] in created}
+            children.update({c.refined_id: c.point for _, c in earlier})
         originals = {r.original["_id"] for r in refined} | {original["_id"] for original, _ in earlier}
         replaced: dict[str, str] = {}
         completing: dict[str, str] = {}

@@ -341,3 +341,29 @@ def test_a_batch_of_decode_areas_is_each_objects_decode_area():
         if prompts:
             expected = [engine.decode_area(p, window, frame) for p in prompts]
             assert [tuple(a) for a in engine.decode_areas(prompts, window, frame).tolist()] == expected
+
+
+def test_first_reads_at_once_are_each_objects_first_read_and_its_cells():
+    from sam2_refine.lowres import low_res_spans
+    from sam2_refine.seam import Window, low_res_span
+
+    rng = np.random.default_rng(12)
+    prompts, windows, frames = [], [], []
+    for _ in range(500):
+        frame = (int(rng.integers(300, 5000)), int(rng.integers(300, 5000)))
+        x, y = rng.uniform(-20, frame[0]), rng.uniform(-20, frame[1])
+        box = tiling.Box(max(x, 0.0), max(y, 0.0), min(x + rng.uniform(2, 200), frame[0]), min(y + rng.uniform(2, 150), frame[1]))
+        zone = None if rng.random() < 0.2 else tuple(v + d for v, d in zip((box.x0, box.y0, box.x1, box.y1),
+                                                                         rng.uniform(-30, 30, 4)))
+        left, top = int(rng.integers(0, frame[0] - 64)), int(rng.integers(0, frame[1] - 64))
+        windows.append(Window(left, top, int(rng.integers(64, frame[0] - left + 1)), int(rng.integers(64, frame[1] - top + 1))))
+        prompts.append(engine.Prompt(0, box, None, zone))
+        frames.append(frame)
+    areas = engine.first_reads(prompts, windows, frames)
+    assert [tuple(a) for a in areas.tolist()] == [engine.first_read(p, w, f) for p, w, f in zip(prompts, windows, frames)]
+    grids = np.array([(256, int(rng.integers(100, 257))) for _ in prompts])
+    sizes = np.array([(w.width, w.height) for w in windows], dtype=np.float64)
+    spans = low_res_spans(areas, sizes, grids).tolist()
+    for (col0, row0, col1, row1), w, (rows, cols), span in zip(areas.tolist(), windows, grids.tolist(), spans):
+        r, c = low_res_span(row0, row1, w.height, rows), low_res_span(col0, col1, w.width, cols)
+        assert span == [r.start, r.stop, c.start, c.stop]

@@ -14,7 +14,7 @@ import pytest
 from sam2_refine.engine import RefineSettings, outline_of_coordinates, plan_location
 from sam2_refine.interface import RESOLUTION_AUTO
 from sam2_refine.pipeline import FETCH_THREADS, PREFETCH, LocationWork, run_pipeline
-from tests.oracle import Disk, OraclePredictor
+from tests.oracle import Composite, Disk, OraclePredictor, Rect
 
 WIDTH, HEIGHT = 1200, 900
 SETTINGS = RefineSettings(0.7, 0, RESOLUTION_AUTO)
@@ -327,3 +327,49 @@ def test_settled_objects_cross_processes_whole_and_their_logits_stay_reachable(m
         assert (logits.col0 + logits.values.shape[1]) * window.width / cols >= x1 - window.left - 1
         assert (logits.row0 + logits.values.shape[0]) * window.height / rows >= y1 - window.top - 1
         assert (logits.values > 0).any()
+
+
+def test_masks_that_go_on_beyond_what_crossed_are_settled_again_with_all_their_logits(monkeypatch):
+    """Every other cell has a thin tail running out past where its mask is read first (its
+    outline's box and margin): only the logits read first cross to an outline process at
+    first, so those objects are settled again with all their logits; every outcome is the
+    one settled in line."""
+    from sam2_refine import outlines
+
+    cells = [Disk(60 + 80 * (i % 6), 60 + 80 * (i // 6), 14 + i % 5) for i in range(24)]
+    shapes = [Composite((cell, Rect(cell.cx, cell.cy - 1.2, cell.cx + cell.radius + 22, cell.cy + 1.2))) if i % 2
+              else cell for i, cell in enumerate(cells)]
+    coordinates = [cell.rough_outline(2) for cell in cells]
+
+    def inside(name: str) -> LocationWork:
+        return LocationWork((WIDTH, HEIGHT), coordinates, [outline_of_coordinates(c) for c in coordinates], crop,
+                            context=name)
+
+    again = []
+    real_again = outlines.TaskChunk.again
+    monkeypatch.setattr(outlines.TaskChunk, "again", lambda chunk, positions: again.append(len(positions)) or
+                        real_again(chunk, positions))
+    in_line, in_processes = Recorder(), Recorder()
+    run_pipeline([inside("T0")], lambda: OraclePredictor(shapes), SETTINGS, in_line, workers=1)
+    assert not again  # in line, every task has all its logits
+    run_pipeline([inside("T0")], lambda: OraclePredictor(shapes), SETTINGS, in_processes, workers=2)
+    assert 0 < sum(again) <= len(shapes) // 2
+    for a, b in zip(in_line.outcomes["T0"], in_processes.outcomes["T0"]):
+        assert (a.polygon is None) == (b.polygon is None) and (a.reason, a.doubts, a.cut) == (b.reason, b.doubts, b.cut)
+        if a.polygon is not None:
+            assert a.polygon.equals_exact(b.polygon, 0) and a.found.equals_exact(b.found, 0)
+    tails = [o for i, o in enumerate(in_line.outcomes["T0"]) if i % 2]
+    assert all(o.polygon.bounds[2] > cell.cx + cell.radius + 10 for o, cell in zip(tails, cells[1::2]))  # followed
+
+
+def test_outline_processes_yield_the_cpu_to_the_worker():
+    """Where both want a core, the worker's own process (which feeds the model) goes first."""
+    import os
+
+    from sam2_refine.outlines import OUTLINE_NICENESS, outline_executor
+
+    executor = outline_executor(2)
+    try:
+        assert executor.submit(os.nice, 0).result(timeout=60) == min(os.nice(0) + OUTLINE_NICENESS, 19)
+    finally:
+        executor.shutdown()

@@ -250,3 +250,32 @@ def test_the_refinements_edge_along_the_image_edge_counts_for_nothing():
     strip = box(190, 50, 200, 150)
     assert mean_gap(strip, visible, FRAME) == pytest.approx(visible.difference(strip).area / 120)
     assert doubts(drawn, strip, FRAME) == (Reason.MUCH_SMALLER,)
+
+
+def test_an_allowed_zone_made_only_when_needed_tells_spills_as_the_zone_itself():
+    """Refinements inside their original, across its edge and far outside: `spills` with
+    the zone made when needed answers as with the zone made beforehand."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from sam2_refine.review import AllowedZone, allowed_zone, spills
+
+    rng = np.random.default_rng(21)
+    inside = 0
+    for _ in range(400):
+        cx, cy, r = rng.uniform(20, 80), rng.uniform(20, 80), rng.uniform(3, 15)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(4, 14))))
+        original = Polygon(np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles)]))
+        if rng.random() < 0.3:
+            original = box(cx - r, cy - r, cx + r, cy + 0.6 * r)
+        if not original.is_valid or original.area <= 0:
+            continue
+        refined = Point(cx + rng.normal(0, r / 3), cy + rng.normal(0, r / 3)).buffer(r * rng.uniform(0.2, 1.4))
+        inside += original.contains(refined)
+        for thresholds in (T, replace(T, drawn_growth_px=0.0, drawn_growth_share=0.0, box_growth_share=0.0)):
+            lazy = AllowedZone(original, thresholds)
+            assert spills(refined, original, lazy, thresholds) == spills(
+                refined, original, allowed_zone(original, thresholds), thresholds)
+            assert lazy.contains(refined) == allowed_zone(original, thresholds).contains(refined)
+    assert inside > 20
