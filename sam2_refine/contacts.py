@@ -1,0 +1,313 @@
+"""Touching cells share one boundary: the refined outlines of a location kept apart.
+
+Each object is refined on its own, so where two cells touch their refined outlines
+overlap: SAM2's mask for one box often takes a band of the neighbour, and smoothing and
+padding push each outline further in. This module settles one location's outlines,
+with no model: pure functions of outlines, logit fields and options.
+
+**The split.** Where the outlines SAM2 found for two objects overlap, the shared area
+goes to the object whose mask is more certain there: the one with the higher logit. Both
+objects' logits are known over the overlap (it lies within each outline), so the split
+is the zero crossing of their difference f_A - f_B at the pixel centres, traced like
+every outline (marching squares, linear between centres): sub-pixel, and one curve for
+both, so the two meet along one boundary. Where either field is missing, the split is
+geometric: the zero crossing of the difference of the distances to the two outlines'
+exclusive parts, the line a person would draw through the middle of the overlap.
+Outlines written before (by an earlier run) are never edited: the others yield to them.
+
+**Standing.** Each object has a rank (the caller's: the engine gives accepted outlines 0,
+doubtful ones 1). Objects of equal rank split their overlaps as above; one of a lower
+standing (higher rank) yields to one of a higher standing: it loses all the other holds.
+So a doubtful outline never takes area from an accepted one.
+
+**Territories.** Smoothing and padding (`finish`) come after the split, and each finished
+polygon is kept within its territory: its split outline and the free space nearer to it
+than to any neighbour's split outline (the difference of the two distances, sampled every
+TERRITORY_STEP px). So padding fills only space no neighbour holds, smoothing never pushes
+an outline into a neighbour's, and no two finished polygons overlap.
+
+**Cost.** Only objects whose outlines or finished polygons meet another's take part
+(`touching_groups`: one spatial query for the location); an isolated object is returned
+unchanged. Each group is settled on its own (`settle_group`), a unit of work that can run
+in any process.
+
+Coordinates are image pixels (x = column, y = row); pixel (r, c) is the square
+[c, c+1] x [r, r+1] and a field's value for it is at its centre (c + 0.5, r + 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+from skimage.measure import find_contours
+
+from .geometry import largest_polygon
+
+# A region of the image (col0, row0, col1, row1), whole pixels, end-exclusive.
+PixelRegion = tuple[int, int, int, int]
+# An object's logits at the centres of a region's pixels, (rows, cols); None where they
+# are not all known.
+FieldReader = Callable[[PixelRegion], "np.ndarray | None"]
+# An outline padded and smoothed (and clipped to the image) as the user asked; None: nothing left.
+Finish = Callable[[Polygon], "Polygon | None"]
+
+GEOMETRIC_STEP = 0.5  # pixels between the samples of a geometric split
+TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge
+_CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
+_NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
+
+
+@dataclass(frozen=True)
+class Member:
+    """One object of a location: SAM2's outline `found` (before padding and smoothing),
+    the `polygon` finished from it, its logits (None: not known) and its rank (lower
+    stands higher)."""
+
+    found: Polygon
+    polygon: Polygon
+    field: FieldReader | None = None
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An object after the split: its split outline (what the review judges) and its
+    finished polygon within its territory; None where nothing is left."""
+
+    found: Polygon | None
+    polygon: Polygon | None
+
+
+# --- which objects meet ---------------------------------------------------------------
+
+
+def touching_groups(members: Sequence[Member | None], written: Sequence[Polygon] = ()) -> list[tuple[list[int], list[int]]]:
+    """The location's groups of objects that meet: (member indices, written indices) for
+    each group of members whose outlines or finished polygons meet one another's or a
+    written outline. Members in no group meet nothing and need no work."""
+    shapes, owners = [], []
+    for index, member in enumerate(members):
+        if member is not None:
+            shapes += [member.found, member.polygon]
+            owners += [index, index]
+    for index, outline in enumerate(written):
+        shapes.append(outline)
+        owners.append(-1 - index)
+    if len(shapes) < 3:
+        return []
+    tree = shapely.STRtree(shapes)
+    left, right = tree.query(shapes, predicate="intersects")
+    owners = np.array(owners)
+    a, b = owners[left], owners[right]
+    keep = (a != b) & ((a >= 0) | (b >= 0))
+    parent = {}
+
+    def root(node: int) -> int:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for x, y in zip(a[keep].tolist(), b[keep].tolist()):
+        parent[root(x)] = root(y)
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for node in sorted(parent):
+        group = groups.setdefault(root(node), ([], []))
+        (group[0] if node >= 0 else group[1]).append(node if node >= 0 else -1 - node)
+    return [(sorted(m), sorted(w)) for m, w in groups.values() if m]
+
+
+# --- fields to regions ------------------------------------------------------------------
+
+
+def positive_region(values: np.ndarray, origin: tuple[float, float], step: float) -> BaseGeometry:
+    """Where `values` > 0, with values[r, c] at (x0 + c step, y0 + r step) for `origin`
+    (x0, y0): the zero crossing traced with linear interpolation between samples
+    (marching squares), each closed ring filled even-odd. Beyond the samples counts as
+    below zero, so the region ends within one step outside them."""
+    x0, y0 = origin
+    padded = np.pad(np.asarray(values, dtype=np.float64), 1, constant_values=-1.0)
+    region: BaseGeometry = Polygon()
+    for contour in find_contours(padded, 0.0, fully_connected="low"):
+        if len(contour) < 4:
+            continue
+        ring = Polygon(np.column_stack([x0 + (contour[:, 1] - 1) * step, y0 + (contour[:, 0] - 1) * step]))
+        region = region.symmetric_difference(ring if ring.is_valid else shapely.make_valid(ring))
+    return region
+
+
+def _around(shape: BaseGeometry, margin: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = shape.bounds
+    return x0 - margin, y0 - margin, x1 + margin, y1 + margin
+
+
+def _samples(bounds: tuple[float, float, float, float], step: float) -> tuple[np.ndarray, np.ndarray]:
+    x0, y0, x1, y1 = bounds
+    columns = x0 + step * np.arange(max(2, math.ceil((x1 - x0) / step) + 1))
+    rows = y0 + step * np.arange(max(2, math.ceil((y1 - y0) / step) + 1))
+    return np.meshgrid(columns, rows)
+
+
+def _nearer(first: BaseGeometry, second: BaseGeometry, where: BaseGeometry, step: float) -> BaseGeometry:
+    """Where, within `where`, points lie nearer `first` than `second` (the zero crossing of
+    the difference of the distances, sampled every `step` px near `where` only)."""
+    x0, y0, x1, y1 = _around(where, 2 * step)
+    xs, ys = _samples((x0, y0, x1, y1), step)
+    near = shapely.contains_xy(where.buffer(1.5 * step, quad_segs=2), xs, ys)
+    # Samples away from `where` only shape the region outside it: any sign will do.
+    difference = np.ones(xs.shape)
+    points = shapely.points(xs[near], ys[near])
+    difference[near] = shapely.distance(points, second) - shapely.distance(points, first)
+    return positive_region(difference, (x0, y0), step).simplify(_CUT_TOLERANCE)
+
+
+def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> BaseGeometry | None:
+    """Where a's logits exceed b's, over `overlap` (with a pixel to spare); None without both fields."""
+    if a.field is None or b.field is None:
+        return None
+    x0, y0, x1, y1 = overlap.bounds
+    region = (math.floor(x0) - 1, math.floor(y0) - 1, math.ceil(x1) + 1, math.ceil(y1) + 1)
+    first, second = a.field(region), b.field(region)
+    if first is None or second is None:
+        return None
+    return positive_region(first - second, (region[0] + 0.5, region[1] + 0.5), 1.0)
+
+
+def split_pair(a: Member, b: Member) -> tuple[BaseGeometry, BaseGeometry]:
+    """(what a loses, what b loses) where their found outlines overlap: the overlap split
+    by the higher logit, or geometrically where a field is missing (see the module)."""
+    overlap = a.found.intersection(b.found)
+    if overlap.area <= _NEGLIGIBLE:
+        return Polygon(), Polygon()
+    wins = _field_wins(a, b, overlap)
+    if wins is None:
+        only_a, only_b = a.found.difference(b.found), b.found.difference(a.found)
+        if only_a.is_empty or only_b.is_empty:  # one inside the other: the inner one keeps itself
+            wins = overlap if only_a.is_empty else Polygon()
+        else:
+            wins = _nearer(only_a, only_b, overlap, GEOMETRIC_STEP)
+    return overlap.difference(wins), overlap.intersection(wins)
+
+
+# --- one group ----------------------------------------------------------------------------
+
+
+def _minus(shape: Polygon | None, losses: list[BaseGeometry]) -> Polygon | None:
+    losses = [loss for loss in losses if not loss.is_empty]
+    if shape is None or not losses:
+        return shape
+    return largest_polygon(shape.difference(shapely.union_all(losses)))
+
+
+def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) -> dict[int, Polygon | None]:
+    """Each member's found outline after the split: yielding to `written` and to members
+    that stand higher, split with those of its rank."""
+    losses: dict[int, list[BaseGeometry]] = {index: list(written) for index in members}
+    by_rank = sorted(members, key=lambda index: (members[index].rank, index))
+    for k, i in enumerate(by_rank):
+        for j in by_rank[k + 1:]:
+            a, b = members[i], members[j]
+            if not a.found.intersects(b.found):
+                continue
+            if a.rank == b.rank:
+                lost_a, lost_b = split_pair(a, b)
+                losses[i].append(lost_a)
+                losses[j].append(lost_b)
+    split: dict[int, Polygon | None] = {}
+    for index in by_rank:
+        member = members[index]
+        # Higher standing first, so what it holds after its own split is final.
+        higher = [split[j] for j in split if members[j].rank < member.rank and split[j] is not None
+                  and split[j].intersects(member.found)]
+        outline = _minus(member.found, losses[index] + higher)
+        split[index] = outline
+    return split
+
+
+def _territory_losses(outline_a: Polygon, polygon_a: Polygon, outline_b: Polygon, polygon_b: Polygon
+                      ) -> tuple[BaseGeometry, BaseGeometry]:
+    """(what a's polygon loses, what b's loses): where either reaches into the other's
+    claim (its outline and polygon), the points nearer the other's outline go to it."""
+    claim_a, claim_b = outline_a.union(polygon_a), outline_b.union(polygon_b)
+    into_b, into_a = polygon_a.intersection(claim_b), polygon_b.intersection(claim_a)
+    if into_b.area <= _NEGLIGIBLE and into_a.area <= _NEGLIGIBLE:
+        return Polygon(), Polygon()
+    contested = into_b.union(into_a)
+    a_keeps = _nearer(outline_a, outline_b, contested, TERRITORY_STEP)
+    # The other's outline exactly, and of the rest what lies nearer the other.
+    return into_b.difference(a_keeps).union(polygon_a.intersection(outline_b)), \
+        into_a.intersection(a_keeps).union(polygon_b.intersection(outline_a))
+
+
+def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish: Finish) -> dict[int, Settled]:
+    """One group of objects that meet (see `touching_groups`): each one's split outline and
+    its finished polygon kept within its territory."""
+    split = split_outlines(members, written)
+    finished: dict[int, Polygon | None] = {}
+    for index, member in members.items():
+        outline = split[index]
+        unchanged = outline is not None and outline.equals_exact(member.found, 0.0)
+        finished[index] = member.polygon if unchanged else (None if outline is None else finish(outline))
+    by_rank = sorted(members, key=lambda index: (members[index].rank, index))
+    losses: dict[int, list[BaseGeometry]] = {index: list(written) for index in members}
+    for k, i in enumerate(by_rank):
+        for j in by_rank[k + 1:]:
+            if members[i].rank != members[j].rank or None in (split[i], split[j], finished[i], finished[j]):
+                continue
+            lost_i, lost_j = _territory_losses(split[i], finished[i], split[j], finished[j])
+            losses[i].append(lost_i)
+            losses[j].append(lost_j)
+    kept: dict[int, Polygon | None] = {}
+    for index in by_rank:
+        rank = members[index].rank
+        # What stands higher is final already: its outline and kept polygon are its own.
+        higher = [shape for j in kept if members[j].rank < rank
+                  for shape in (split[j], kept[j]) if shape is not None]
+        kept[index] = _minus(finished[index], losses[index] + higher)
+    return {index: Settled(split[index], kept[index] if split[index] is not None else None) for index in members}
+
+
+# --- one location ---------------------------------------------------------------------
+
+
+def keep_apart(members: Sequence[Member | None], written: Sequence[Polygon], finish: Finish) -> dict[int, Settled]:
+    """The location's objects that meet another, settled (see the module); those absent
+    from the result are unchanged. `members[i]` None: object i has no outline or takes no
+    part (it is neither split nor kept out of)."""
+    settled: dict[int, Settled] = {}
+    for group, written_here in touching_groups(members, written):
+        part = {index: members[index] for index in group}
+        settled.update(settle_group(part, [written[w] for w in written_here], finish))
+    return _clear_of_the_rest(members, settled)
+
+
+def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Settled]) -> dict[int, Settled]:
+    """A polygon finished anew from its split outline may reach an object outside its
+    group (one that met nothing before): it yields to that object's outline and polygon."""
+    others = [(index, member) for index, member in enumerate(members) if member is not None and index not in settled]
+    if not others or not settled:
+        return settled
+    shapes = [shape for _, member in others for shape in (member.found, member.polygon)]
+    tree = shapely.STRtree(shapes)
+    for index, result in settled.items():
+        if result.polygon is None or result.polygon is members[index].polygon:
+            continue
+        hits = [shapes[int(k)] for k in tree.query(result.polygon, predicate="intersects")]
+        if hits:
+            settled[index] = Settled(result.found, _minus(result.polygon, hits))
+    return settled
+
+
+def pixel_region_of(polygon: Polygon, margin: int = 2) -> PixelRegion:
+    """The whole pixels under `polygon`'s bounds, with `margin` more on each side: where
+    an object's field must be known for any split of its outline."""
+    x0, y0, x1, y1 = polygon.bounds
+    return (math.floor(x0) - margin, math.floor(y0) - margin, math.ceil(x1) + margin, math.ceil(y1) + margin)
+
