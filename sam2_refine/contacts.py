@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import shapely
@@ -47,7 +48,9 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 from skimage.measure import find_contours
 
-from .geometry import largest_polygon
+from . import review
+from .geometry import clip_to_image, finish_outline, largest_polygon
+from .outcome import Outcome, Reason
 
 # A region of the image (col0, row0, col1, row1), whole pixels, end-exclusive.
 PixelRegion = tuple[int, int, int, int]
@@ -61,6 +64,7 @@ GEOMETRIC_STEP = 0.5  # pixels between the samples of a geometric split
 TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge
 _CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
 _NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
+_HAIR = 1e-6  # pixels: edges this close are one edge (round-off of the overlay)
 
 
 @dataclass(frozen=True)
@@ -200,10 +204,20 @@ def split_pair(a: Member, b: Member) -> tuple[BaseGeometry, BaseGeometry]:
 
 
 def _minus(shape: Polygon | None, losses: list[BaseGeometry]) -> Polygon | None:
+    """The largest piece of `shape` without `losses`, as an outline (no holes)."""
     losses = [loss for loss in losses if not loss.is_empty]
     if shape is None or not losses:
         return shape
-    return largest_polygon(shape.difference(shapely.union_all(losses)))
+    pieces = [p for p in shapely.get_parts(shape.difference(shapely.union_all(losses))) if isinstance(p, Polygon)]
+    if not pieces:
+        return None
+    piece = max(pieces, key=lambda p: p.area)
+    # A loss whose edge runs along the shape's edge (a neighbour's outline along a chord
+    # smoothing cut) can leave it a hole behind a hair of round-off: opened, not filled.
+    for ring in piece.interiors:
+        if ring.distance(piece.exterior) < _HAIR:
+            piece = largest_polygon(piece.difference(Polygon(ring).buffer(_HAIR, join_style="mitre"))) or piece
+    return largest_polygon(piece)
 
 
 def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) -> dict[int, Polygon | None]:
@@ -311,3 +325,72 @@ def pixel_region_of(polygon: Polygon, margin: int = 2) -> PixelRegion:
     x0, y0, x1, y1 = polygon.bounds
     return (math.floor(x0) - margin, math.floor(y0) - margin, math.ceil(x1) + margin, math.ceil(y1) + margin)
 
+
+
+# --- a location's outcomes ----------------------------------------------------------------
+
+# Passes of `keep_outcomes_apart`: an accepted outline the review doubts after the split
+# stands lower in the next pass (doubts only grow, so this ends).
+_PASSES = 3
+
+
+def _member(outcome: Outcome) -> Member | None:
+    """How an outcome takes part: accepted outlines stand first (rank 0), doubtful ones
+    second (1); one the duplicate rule doubted (another outline is the same cell) and a
+    skip take no part."""
+    if outcome.polygon is None or Reason.OVERLAPS_ANOTHER in outcome.doubts:
+        return None
+    return Member(outcome.outline_found, outcome.polygon, outcome.logits, 0 if not outcome.doubts else 1)
+
+
+def keep_outcomes_apart(
+    outcomes: list[Outcome],
+    originals: list[Polygon | None],
+    written: Sequence[Polygon],
+    finish: Finish,
+    frame_size: tuple[int, int] | None = None,
+    thresholds: review.Thresholds = review.DEFAULT_THRESHOLDS,
+) -> list[Outcome]:
+    """A location's reviewed outcomes (the duplicate rule applied) with their outlines
+    split and kept within their territories (`keep_apart`); `originals` as the review
+    judges them, `written` the outlines earlier runs wrote here, `finish` the user's
+    padding and smoothing. The review then judges each changed outline as written: a
+    doubt found now is added (none is taken away), and an accepted outline that becomes
+    doubtful stands second in another pass. An outline left with nothing (it lay within
+    the others) keeps its own shape and is doubtful as overlapping another."""
+    standing = list(outcomes)
+    for _ in range(_PASSES):
+        settled = keep_apart([_member(outcome) for outcome in standing], written, finish)
+        result = list(outcomes)
+        for index, kept in settled.items():
+            outcome = standing[index]
+            if kept.found is None:
+                result[index] = replace(outcome, doubts=_with(outcome.doubts, [Reason.OVERLAPS_ANOTHER]))
+                continue
+            if kept.found is outcome.outline_found and kept.polygon is outcome.polygon:
+                result[index] = outcome
+                continue
+            doubts = review.shape_doubts(kept.found, originals[index], thresholds, frame_size) \
+                if kept.found is not outcome.outline_found else []
+            result[index] = Outcome(None, Reason.VANISHED) if kept.polygon is None else \
+                replace(outcome, polygon=kept.polygon, found=kept.found, doubts=_with(outcome.doubts, doubts))
+        fallen = [index for index in settled if outcomes[index].accepted and not result[index].accepted]
+        if not any(standing[index].accepted for index in fallen):
+            return result
+        standing = [replace(outcome, doubts=result[index].doubts) if index in fallen else outcome
+                    for index, outcome in enumerate(standing)]
+    return result
+
+
+def _finished(outline: Polygon, smoothing: float, padding: float, frame_size: tuple[int, int]) -> Polygon | None:
+    polygon = finish_outline(outline, smoothing, padding)
+    return None if polygon is None else clip_to_image(polygon, *frame_size)
+
+
+def finisher(smoothing: float, padding: float, frame_size: tuple[int, int]) -> Finish:
+    """The user's padding and smoothing (geometry.finish_outline), clipped to the image."""
+    return partial(_finished, smoothing=smoothing, padding=padding, frame_size=frame_size)
+
+
+def _with(doubts: tuple[Reason, ...], more: list[Reason]) -> tuple[Reason, ...]:
+    return tuple(doubts) + tuple(reason for reason in more if reason not in doubts)
