@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from shapely.geometry import Polygon
 
-from . import geometry, review, tiling
+from . import contacts, geometry, review, tiling
 from .geometry import clip_to_image, coordinates_to_points
 from .interface import RESOLUTION_WHOLE_FRAME
 from .model import DecodedMasks, MaskPredictor, Window, decode_batch_size, decode_masks, low_res_span
@@ -59,6 +59,7 @@ class RefineSettings:
     smoothing: float
     padding: float
     resolution: str
+    keep_apart: bool = True  # refined outlines of touching cells never overlap (contacts.py)
 
 
 def prompt_box(coordinates: list[dict], width: int, height: int) -> Box | Reason:
@@ -139,6 +140,42 @@ def resize_crop(low_res: LowRes, window_height: int, window_width: int, region: 
     values = low_res.values
     rows = values[row_lo] * (1 - row_weight)[:, None] + values[row_hi] * row_weight[:, None]
     return rows[:, col_lo] * (1 - col_weight) + rows[:, col_hi] * col_weight
+
+
+@dataclass(frozen=True)
+class MaskField:
+    """An object's logits over its outline, for the split between touching cells
+    (contacts.FieldReader): `covered` (window pixels) is where they are known."""
+
+    mask: LowRes
+    window: Window
+    covered: Region
+
+    def __call__(self, region: contacts.PixelRegion) -> np.ndarray | None:
+        window = self.window
+        col0, row0, col1, row1 = region[0] - window.left, region[1] - window.top, region[2] - window.left, \
+            region[3] - window.top
+        if col0 < self.covered[0] or row0 < self.covered[1] or col1 > self.covered[2] or row1 > self.covered[3]:
+            return None
+        return resize_crop(self.mask, window.height, window.width, (col0, row0, col1, row1))
+
+
+def mask_field(logits: LowRes, task: "ObjectTask", outline: Polygon | None) -> MaskField | None:
+    """The cells of `logits` (a crop over the area SAM2 decoded) that resizing reads over
+    `outline` and a pixel or two around it."""
+    if outline is None:
+        return None
+    window = task.window
+    col0, row0, col1, row1 = contacts.pixel_region_of(outline)
+    decoded = task.decoded
+    covered = (max(col0 - window.left, decoded[0]), max(row0 - window.top, decoded[1]),
+               min(col1 - window.left, decoded[2]), min(row1 - window.top, decoded[3]))
+    rows, cols = logits.grid
+    col_span = low_res_span(covered[0], covered[2], window.width, cols)
+    row_span = low_res_span(covered[1], covered[3], window.height, rows)
+    values = logits.values[row_span.start - logits.row0:row_span.stop - logits.row0,
+                           col_span.start - logits.col0:col_span.stop - logits.col0]
+    return MaskField(LowRes(np.ascontiguousarray(values), row_span.start, col_span.start, logits.grid), window, covered)
 
 
 # --- where each object is read -------------------------------------------------------
@@ -348,15 +385,17 @@ def settle(task: ObjectTask, settings: RefineSettings) -> Outcome:
         replace(trace(task, task.mask, settings, zone), predicted_iou=task.predicted_iou, object_score=task.object_score),
         task, span, zone,
     )
+    keep = settings.keep_apart
     if primary.accepted or coarse or not task.candidates:
-        return primary
+        return replace(primary, logits=mask_field(task.mask, task, primary.found)) if keep else primary
     for k in sorted(range(len(task.candidates)), key=lambda k: -task.candidate_iou[k]):
         alternative = replace(trace(task, task.candidates[k], settings, zone),
                               predicted_iou=task.candidate_iou[k], object_score=task.object_score)
         alternative = _judged(alternative, task, span, zone)
         if alternative.accepted:
-            return replace(alternative, recovered=why_not_accepted(primary))
-    return primary
+            field = mask_field(task.candidates[k], task, alternative.found) if keep else None
+            return replace(alternative, recovered=why_not_accepted(primary), logits=field)
+    return replace(primary, logits=mask_field(task.mask, task, primary.found)) if keep else primary
 
 
 def why_not_accepted(outcome: Outcome) -> Reason:
@@ -445,13 +484,22 @@ def plan_location(
                         resolution)
 
 
-def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = ()) -> list[Outcome]:
+def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon] = (),
+                    settings: RefineSettings | None = None) -> list[Outcome]:
     """The location's settled outcomes with the overlap check across them (and against
-    outlines an earlier run accepted here, before padding)."""
+    outlines an earlier run accepted here, before padding); then, unless `settings` allow
+    overlaps, touching outlines split and kept apart (contacts.py) and judged again."""
     outcomes = [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in plan.outcomes]
     refined = [outcome.outline_found for outcome in outcomes]
     doubts = [list(outcome.doubts) for outcome in outcomes]
-    return review.with_overlap_doubts(outcomes, refined, doubts, plan.originals, accepted_elsewhere)
+    outcomes = review.with_overlap_doubts(outcomes, refined, doubts, plan.originals, accepted_elsewhere)
+    if settings is None or not settings.keep_apart:
+        return outcomes
+    # What earlier runs wrote here: their outlines as padded and smoothed (prototype: regrown).
+    reach = max(settings.padding, 0.0) + settings.smoothing / 2
+    written = [outline.buffer(reach) if reach > 0 else outline for outline in accepted_elsewhere]
+    finish = contacts.finisher(settings.smoothing, settings.padding, plan.frame_size)
+    return contacts.keep_outcomes_apart(outcomes, plan.originals, written, finish, plan.frame_size)
 
 
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the
@@ -496,4 +544,4 @@ def refine_frame(
                 plan.outcomes[owner] = outcome
             done += len(tasks)
             on_progress(done)
-    return finish_location(plan, accepted_elsewhere)
+    return finish_location(plan, accepted_elsewhere, settings)

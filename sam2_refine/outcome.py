@@ -7,9 +7,11 @@ worker (which decides what to save); it depends on none of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
 from shapely.geometry import Polygon
 
 
@@ -46,6 +48,9 @@ class Outcome:
     spills far outside its original): such an outline never replaces its original.
     `recovered` names the primary mask's reason when one of SAM2's alternative masks was
     taken instead. The scores are SAM2's own for the mask used, None when not given.
+    `logits` reads SAM2's logits for the mask used over the outline (contacts.FieldReader:
+    image pixels in, values at their centres out), for the split between touching cells;
+    None where not kept.
     """
 
     polygon: Polygon | None
@@ -56,6 +61,8 @@ class Outcome:
     found: Polygon | None = None
     cut: bool = False
     recovered: Reason | None = None
+    logits: Callable[[tuple[int, int, int, int]], np.ndarray | None] | None = field(
+        default=None, compare=False, repr=False)
 
     @property
     def outline_found(self) -> Polygon | None:

@@ -456,7 +456,7 @@ class Pipeline:
                 plan.outcomes[owner] = outcome
             done += count
             self._on_progress(work, done)
-        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere)
+        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
 
