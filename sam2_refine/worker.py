@@ -271,7 +271,8 @@ def run_compute(
         reporter.progress(0.01, f"Loading {params.model_name}", force=True)
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare(job)
-    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution)
+    settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution,
+                              keep_apart=not params.allow_overlaps)
 
     def predictor() -> MaskPredictor:
         loaded = load_predictor(params.checkpoint_path)
