@@ -15,7 +15,7 @@ window it sees. Its mask *bleeds* into each touching neighbour: the outline runs
 inside the neighbour along their contact (the neighbour's part within b of the contact),
 with b drawn from 0-3 px for each box and neighbour independently; `perfect` answers
 have b = 0. Each cell is prompted with a box 0-15 % of its diameter loose on each side;
-some cells get a second box (two prompts on one cell).
+some cells 16 px across or more get a second box (two prompts on one cell).
 
 In-process: `TouchingOracle(scene)`. Through the worker: SAM2_REFINE_PREDICTOR=
 tests.touching_cells:from_environment with TOUCHING_ORACLE=<json of `answers_to_json`>.
@@ -45,6 +45,7 @@ MAX_LENS_SHARE = 0.2  # two stars share at most this share of the smaller one's 
 BLEED = (0.0, 3.0)  # pixels a mask bleeds into each touching neighbour
 LOOSENESS = 0.15  # a box side lies up to this share of the cell's diameter outside it
 MIN_CONTACT = 1.0  # pixels: shorter shared boundaries are not counted as contacts
+SECOND_PROMPT_DIAMETER = 16.0  # pixels: the smallest cell boxed twice
 _TRUTH_STEP = 0.05  # pixels between the samples the contacts are traced from
 _RING_STEP = 0.25  # pixels between the vertices a signed distance is measured to
 
@@ -304,7 +305,10 @@ def touching_set(seed: int, width: int = 1024, height: int = 1024, count: int = 
     for index in range(len(cells)):
         prompts.append(Prompt(index, "rectangle" if rng.random() < 0.5 else "polygon",
                               loose_box(rng, scene.truths[index], width, height)))
-    for index in rng.choice(len(cells), size=min(second_prompts, len(cells)), replace=False):
+    # Boxed twice: cells at least SECOND_PROMPT_DIAMETER across (smaller ones lose IoU to
+    # SAM2's resolution and the bleed alone, whatever the split).
+    large = [i for i, truth in enumerate(scene.truths) if 2 * math.sqrt(truth.area / math.pi) >= SECOND_PROMPT_DIAMETER]
+    for index in rng.choice(large, size=min(second_prompts, len(large)), replace=False):
         prompts.append(Prompt(int(index), "rectangle", loose_box(rng, scene.truths[int(index)], width, height), True))
     for prompt in prompts:
         depths = {j: float(rng.uniform(*BLEED)) for j in scene.neighbours(prompt.cell)}
@@ -319,8 +323,11 @@ class TouchingOracle(ErringOracle):
         super().__init__(touching.keys(), touching.answers)
 
 
-def answers_to_json(touching: TouchingSet) -> str:
-    return json.dumps({"keys": touching.keys().tolist(), "answers": [a.to_json() for a in touching.answers]})
+def answers_to_json(touching: list[TouchingSet]) -> str:
+    """The stand-in's answers to the prompts of `touching` (scenes at different time points
+    whose boxes do not meet), for TOUCHING_ORACLE."""
+    keys = [key for scene in touching for key in scene.keys().tolist()]
+    return json.dumps({"keys": keys, "answers": [a.to_json() for scene in touching for a in scene.answers]})
 
 
 def from_environment(checkpoint) -> ErringOracle:
