@@ -61,7 +61,7 @@ FieldReader = Callable[[PixelRegion], "np.ndarray | None"]
 Finish = Callable[[Polygon], "Polygon | None"]
 
 GEOMETRIC_STEP = 0.5  # pixels between the samples of a geometric split
-TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge
+TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge in free space
 _CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
 _NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
 _HAIR = 1e-6  # pixels: edges this close are one edge (round-off of the overlay)
@@ -247,17 +247,19 @@ def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) 
 
 def _territory_losses(outline_a: Polygon, polygon_a: Polygon, outline_b: Polygon, polygon_b: Polygon
                       ) -> tuple[BaseGeometry, BaseGeometry]:
-    """(what a's polygon loses, what b's loses): where either reaches into the other's
-    claim (its outline and polygon), the points nearer the other's outline go to it."""
-    claim_a, claim_b = outline_a.union(polygon_a), outline_b.union(polygon_b)
-    into_b, into_a = polygon_a.intersection(claim_b), polygon_b.intersection(claim_a)
-    if into_b.area <= _NEGLIGIBLE and into_a.area <= _NEGLIGIBLE:
-        return Polygon(), Polygon()
-    contested = into_b.union(into_a)
-    a_keeps = _nearer(outline_a, outline_b, contested, TERRITORY_STEP)
-    # The other's outline exactly, and of the rest what lies nearer the other.
-    return into_b.difference(a_keeps).union(polygon_a.intersection(outline_b)), \
-        into_a.intersection(a_keeps).union(polygon_b.intersection(outline_a))
+    """(what a's polygon loses, what b's loses): each loses what lies in the other's
+    outline, and where both polygons reach into free space (neither outline), the points
+    nearer the other's outline."""
+    lost_a, lost_b = polygon_a.intersection(outline_b), polygon_b.intersection(outline_a)
+    if not polygon_a.intersects(polygon_b):
+        return lost_a, lost_b
+    free = polygon_a.intersection(polygon_b).difference(outline_a).difference(outline_b)
+    if free.area <= _NEGLIGIBLE:
+        return lost_a, lost_b
+    # Each piece on its own (the two ends of a contact lie far apart).
+    a_keeps = shapely.union_all([_nearer(outline_a, outline_b, piece, TERRITORY_STEP)
+                                 for piece in shapely.get_parts(free) if piece.area > _NEGLIGIBLE])
+    return lost_a.union(free.difference(a_keeps)), lost_b.union(free.intersection(a_keeps))
 
 
 def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish: Finish) -> dict[int, Settled]:
