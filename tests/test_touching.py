@@ -111,3 +111,21 @@ def test_with_overlaps_allowed_touching_outlines_overlap_as_found(server, oracle
     found = refine_through_worker(server, oracle_checkpoint_dir, tmp_path, touching, **{OVERLAPS: True})
     areas = overlaps(touching, found)
     assert sum(area > 0.5 for area in areas) >= 0.8 * len(areas)
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_isolated_cells_keep_exactly_the_outline_they_had(padding):
+    """Cells with no other within 5 px are neither split nor clipped: with outlines kept
+    apart (the default) their polygons are vertex for vertex those made with overlaps allowed."""
+    from tests.measure_contacts import refine
+
+    touching = touching_set(1)
+    apart, _ = refine(touching, 0.7, padding)
+    overlapping, _ = refine(touching, 0.7, padding, keep_apart=False)
+    isolated = set(touching.scene.isolated())
+    checked = 0
+    for prompt, a, b in zip(touching.prompts, apart, overlapping):
+        if prompt.cell in isolated:
+            assert a.polygon.equals_exact(b.polygon, 0.0) and a.doubts == b.doubts
+            checked += 1
+    assert checked >= 5
