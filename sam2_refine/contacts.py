@@ -44,7 +44,7 @@ from functools import partial
 
 import numpy as np
 import shapely
-from shapely.geometry import Polygon
+from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from skimage.measure import find_contours
 
@@ -62,6 +62,7 @@ Finish = Callable[[Polygon], "Polygon | None"]
 
 GEOMETRIC_STEP = 0.5  # pixels between the samples of a geometric split
 TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge in free space
+FLAP = 0.25  # pixels: half the width of the thinnest flap a territory's cut may leave
 _CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
 _NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
 _HAIR = 1e-6  # pixels: edges this close are one edge (round-off of the overlay)
@@ -159,21 +160,26 @@ def _samples(bounds: tuple[float, float, float, float], step: float) -> tuple[np
     return np.meshgrid(columns, rows)
 
 
-def _nearer(first: BaseGeometry, second: BaseGeometry, where: BaseGeometry, step: float) -> BaseGeometry:
-    """Where, within `where`, points lie nearer `first` than `second` (the zero crossing of
-    the difference of the distances, sampled every `step` px near `where` only)."""
+def _nearer(first: BaseGeometry, second: BaseGeometry, where: BaseGeometry, step: float
+            ) -> tuple[BaseGeometry, BaseGeometry]:
+    """(nearer `first`, nearer `second`): the points around `where` split by the zero
+    crossing of the difference of their distances to the two, sampled every `step` px.
+    Both lie within `where` grown by 1.5 steps, which they cover together."""
     x0, y0, x1, y1 = _around(where, 2 * step)
     xs, ys = _samples((x0, y0, x1, y1), step)
-    near = shapely.contains_xy(where.buffer(1.5 * step, quad_segs=2), xs, ys)
-    # Samples away from `where` only shape the region outside it: any sign will do.
+    sampled = where.buffer(1.5 * step, quad_segs=2)
+    near = shapely.contains_xy(sampled, xs, ys)
+    # Samples away from `where` only shape the region outside `sampled`: any sign will do.
     difference = np.ones(xs.shape)
     points = shapely.points(xs[near], ys[near])
     difference[near] = shapely.distance(points, second) - shapely.distance(points, first)
-    return positive_region(difference, (x0, y0), step).simplify(_CUT_TOLERANCE)
+    wins = positive_region(difference, (x0, y0), step).simplify(_CUT_TOLERANCE)
+    return sampled.intersection(wins), sampled.difference(wins)
 
 
-def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> BaseGeometry | None:
-    """Where a's logits exceed b's, over `overlap` (with a pixel to spare); None without both fields."""
+def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> tuple[BaseGeometry, BaseGeometry] | None:
+    """(where a's logits exceed b's, where they do not) over `overlap` and a pixel around
+    it; None without both fields."""
     if a.field is None or b.field is None:
         return None
     x0, y0, x1, y1 = overlap.bounds
@@ -181,12 +187,17 @@ def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> BaseGeometry | N
     first, second = a.field(region), b.field(region)
     if first is None or second is None:
         return None
-    return positive_region(first - second, (region[0] + 0.5, region[1] + 0.5), 1.0)
+    wins = positive_region(first - second, (region[0] + 0.5, region[1] + 0.5), 1.0)
+    # The samples' hull (pixel centres), which holds the overlap.
+    sampled = box(region[0] + 0.5, region[1] + 0.5, region[2] - 0.5, region[3] - 0.5)
+    return sampled.intersection(wins), sampled.difference(wins)
 
 
 def split_pair(a: Member, b: Member) -> tuple[BaseGeometry, BaseGeometry]:
     """(what a loses, what b loses) where their found outlines overlap: the overlap split
-    by the higher logit, or geometrically where a field is missing (see the module)."""
+    by the higher logit, or geometrically where a field is missing (see the module).
+    Each loss is the other outline where the other wins: no edge of it is made from the
+    loser's own edges, which overlay round-off would leave as slivers."""
     overlap = a.found.intersection(b.found)
     if overlap.area <= _NEGLIGIBLE:
         return Polygon(), Polygon()
@@ -194,10 +205,10 @@ def split_pair(a: Member, b: Member) -> tuple[BaseGeometry, BaseGeometry]:
     if wins is None:
         only_a, only_b = a.found.difference(b.found), b.found.difference(a.found)
         if only_a.is_empty or only_b.is_empty:  # one inside the other: the inner one keeps itself
-            wins = overlap if only_a.is_empty else Polygon()
-        else:
-            wins = _nearer(only_a, only_b, overlap, GEOMETRIC_STEP)
-    return overlap.difference(wins), overlap.intersection(wins)
+            return (Polygon(), a.found) if only_a.is_empty else (b.found, Polygon())
+        wins = _nearer(only_a, only_b, overlap, GEOMETRIC_STEP)
+    a_wins, b_wins = wins
+    return b.found.intersection(b_wins), a.found.intersection(a_wins)
 
 
 # --- one group ----------------------------------------------------------------------------
@@ -218,6 +229,18 @@ def _minus(shape: Polygon | None, losses: list[BaseGeometry]) -> Polygon | None:
         if ring.distance(piece.exterior) < _HAIR:
             piece = largest_polygon(piece.difference(Polygon(ring).buffer(_HAIR, join_style="mitre"))) or piece
     return largest_polygon(piece)
+
+
+def _opened(polygon: Polygon | None, before: Polygon | None) -> Polygon | None:
+    """`polygon`, if cut from `before`, without the flaps thinner than 2 FLAP px that
+    sampling the edge of a territory leaves where three meet (a morphological opening:
+    it only takes away)."""
+    if polygon is None or polygon is before:
+        return polygon
+    opened = polygon.buffer(-FLAP, join_style="mitre").buffer(FLAP, join_style="mitre")
+    # Mitred corners may reach a hair beyond: what is kept lies within `polygon`.
+    opened = largest_polygon(opened.intersection(polygon))
+    return opened if opened is not None and opened.area > 0.5 * polygon.area else polygon
 
 
 def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) -> dict[int, Polygon | None]:
@@ -245,21 +268,32 @@ def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) 
     return split
 
 
+def _reach(polygon: Polygon, outline: Polygon) -> float:
+    """How far `polygon` reaches beyond `outline`: the largest distance from it of points
+    every TERRITORY_STEP along its edge (a chord across a concave bend is farthest between
+    its ends), and a step more."""
+    points = shapely.get_coordinates(shapely.segmentize(polygon.exterior, TERRITORY_STEP))
+    return float(np.max(shapely.distance(shapely.points(points), outline))) + TERRITORY_STEP
+
+
 def _territory_losses(outline_a: Polygon, polygon_a: Polygon, outline_b: Polygon, polygon_b: Polygon
                       ) -> tuple[BaseGeometry, BaseGeometry]:
-    """(what a's polygon loses, what b's loses): each loses what lies in the other's
-    outline, and where both polygons reach into free space (neither outline), the points
-    nearer the other's outline."""
-    lost_a, lost_b = polygon_a.intersection(outline_b), polygon_b.intersection(outline_a)
-    if not polygon_a.intersects(polygon_b):
-        return lost_a, lost_b
-    free = polygon_a.intersection(polygon_b).difference(outline_a).difference(outline_b)
-    if free.area <= _NEGLIGIBLE:
-        return lost_a, lost_b
+    """(what a's polygon loses, what b's loses): each loses the other's outline, and where
+    it reaches into free space (neither outline) the points nearer the other's outline."""
+    # Free space a point of a's polygon could be nearer b in: within a's reach of b's outline.
+    free_a = polygon_a.difference(outline_a).difference(outline_b)
+    free_b = polygon_b.difference(outline_b).difference(outline_a)
+    if not free_a.is_empty:
+        free_a = free_a.intersection(outline_b.buffer(_reach(polygon_a, outline_a), quad_segs=4))
+    if not free_b.is_empty:
+        free_b = free_b.intersection(outline_a.buffer(_reach(polygon_b, outline_b), quad_segs=4))
+    pieces = [piece for piece in shapely.get_parts(free_a.union(free_b)) if piece.area > _NEGLIGIBLE]
+    if not pieces:
+        return outline_b, outline_a
     # Each piece on its own (the two ends of a contact lie far apart).
-    a_keeps = shapely.union_all([_nearer(outline_a, outline_b, piece, TERRITORY_STEP)
-                                 for piece in shapely.get_parts(free) if piece.area > _NEGLIGIBLE])
-    return lost_a.union(free.difference(a_keeps)), lost_b.union(free.intersection(a_keeps))
+    nearer = [_nearer(outline_a, outline_b, piece, TERRITORY_STEP) for piece in pieces]
+    return (shapely.union_all([outline_b] + [b_side for _, b_side in nearer]),
+            shapely.union_all([outline_a] + [a_side for a_side, _ in nearer]))
 
 
 def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish: Finish) -> dict[int, Settled]:
@@ -277,6 +311,9 @@ def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish:
         for j in by_rank[k + 1:]:
             if members[i].rank != members[j].rank or None in (split[i], split[j], finished[i], finished[j]):
                 continue
+            if not (finished[i].intersects(finished[j]) or finished[i].intersects(split[j])
+                    or finished[j].intersects(split[i])):
+                continue
             lost_i, lost_j = _territory_losses(split[i], finished[i], split[j], finished[j])
             losses[i].append(lost_i)
             losses[j].append(lost_j)
@@ -286,7 +323,7 @@ def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish:
         # What stands higher is final already: its outline and kept polygon are its own.
         higher = [shape for j in kept if members[j].rank < rank
                   for shape in (split[j], kept[j]) if shape is not None]
-        kept[index] = _minus(finished[index], losses[index] + higher)
+        kept[index] = _opened(_minus(finished[index], losses[index] + higher), finished[index])
     return {index: Settled(split[index], kept[index] if split[index] is not None else None) for index in members}
 
 

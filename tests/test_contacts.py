@@ -73,6 +73,7 @@ def test_the_overlap_goes_to_the_higher_logit_and_both_meet_on_one_curve():
 def test_without_a_field_the_overlap_is_split_through_its_middle():
     a, b = member(30, 40, 20, with_field=False), member(60, 40, 14)
     lost_a, lost_b = split_pair(a, b)
+    lost_a, lost_b = a.found.intersection(lost_a), b.found.intersection(lost_b)  # what each gives up
     overlap = a.found.intersection(b.found)
     assert lost_a.union(lost_b).symmetric_difference(overlap).area < 1e-6
     assert lost_a.intersection(lost_b).area < 1e-6
