@@ -164,17 +164,19 @@ def _nearer(first: BaseGeometry, second: BaseGeometry, where: BaseGeometry, step
             ) -> tuple[BaseGeometry, BaseGeometry]:
     """(nearer `first`, nearer `second`): the points around `where` split by the zero
     crossing of the difference of their distances to the two, sampled every `step` px.
-    Both lie within `where` grown by 1.5 steps, which they cover together."""
-    x0, y0, x1, y1 = _around(where, 2 * step)
+    Both lie within `where` grown by half a step, which they cover together."""
+    x0, y0, x1, y1 = _around(where, 3 * step)
     xs, ys = _samples((x0, y0, x1, y1), step)
-    sampled = where.buffer(1.5 * step, quad_segs=2)
-    near = shapely.contains_xy(sampled, xs, ys)
-    # Samples away from `where` only shape the region outside `sampled`: any sign will do.
+    near = shapely.contains_xy(where.buffer(2 * step, quad_segs=4), xs, ys)
+    # Samples farther from `where` are not measured: their sign (any will do) shapes the
+    # region only in the squares between samples that have one at a corner, all of
+    # which lie more than half a step from `where`.
     difference = np.ones(xs.shape)
     points = shapely.points(xs[near], ys[near])
     difference[near] = shapely.distance(points, second) - shapely.distance(points, first)
     wins = positive_region(difference, (x0, y0), step).simplify(_CUT_TOLERANCE)
-    return sampled.intersection(wins), sampled.difference(wins)
+    domain = where.buffer(0.5 * step, quad_segs=4)
+    return domain.intersection(wins), domain.difference(wins)
 
 
 def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> tuple[BaseGeometry, BaseGeometry] | None:
