@@ -154,3 +154,67 @@ def test_a_field_that_does_not_cover_the_overlap_falls_back_to_the_geometric_spl
     lost_none, _ = split_pair(Member(a.found, a.polygon, None, 0), b)
     assert lost_geometric.symmetric_difference(lost_none).area < 1e-9
     assert math.isfinite(lost_geometric.area) and lost_geometric.area > 0
+
+
+# --- a location's outcomes ------------------------------------------------------------------
+
+from sam2_refine.contacts import finisher as image_finisher, keep_outcomes_apart  # noqa: E402
+from sam2_refine.outcome import Outcome, Reason  # noqa: E402
+
+
+def outcome(cx, cy, radius, doubts=(), slope=1.0) -> Outcome:
+    found = disk(cx, cy, radius)
+    return Outcome(finish_outline(found, 0.7, 0.0), doubts=tuple(doubts), found=found,
+                   logits=disk_field(cx, cy, radius, slope))
+
+
+def square_around(cx, cy, radius, slack=2.0) -> Polygon:
+    return Polygon([(cx - radius - slack, cy - radius - slack), (cx + radius + slack, cy - radius - slack),
+                    (cx + radius + slack, cy + radius + slack), (cx - radius - slack, cy + radius + slack)])
+
+
+FINISH = image_finisher(0.7, 0.0, (200, 200))
+
+
+def test_two_prompts_on_one_cell_are_not_split_against_each_other():
+    """The duplicate rule decides first: the outline it doubted takes no part, so the kept
+    one stays the whole cell (and its neighbour is split against it as usual)."""
+    kept, duplicate, neighbour = outcome(50, 50, 15), outcome(50.5, 50, 15, [Reason.OVERLAPS_ANOTHER]), \
+        outcome(78, 50, 14)
+    originals = [square_around(50, 50, 15), square_around(50, 50, 15), square_around(78, 50, 14)]
+    result = keep_outcomes_apart([kept, duplicate, neighbour], originals, [], FINISH, (200, 200))
+    assert result[1] is duplicate  # left as it was, doubtful
+    assert result[0].accepted and result[0].found.area > 0.98 * kept.found.area
+    assert result[0].polygon.intersection(result[2].polygon).area < 1e-6
+
+
+def test_a_doubtful_outline_never_takes_area_from_an_accepted_one():
+    accepted = outcome(50, 50, 15, slope=1.0)
+    doubtful = outcome(78, 50, 14, [Reason.LOW_PREDICTED_IOU], slope=5.0)  # far more certain logits, still doubtful
+    originals = [square_around(50, 50, 15), square_around(78, 50, 14)]
+    result = keep_outcomes_apart([accepted, doubtful], originals, [], FINISH, (200, 200))
+    assert result[0].found.equals_exact(accepted.found, 0.0)
+    assert result[1].found.intersection(accepted.found).area < 1e-6
+    assert result[1].doubts == (Reason.LOW_PREDICTED_IOU,)
+
+
+def test_the_review_judges_the_split_outline_and_never_takes_a_doubt_away():
+    """A cell whose neighbour's logits win most of it is judged on what it keeps: much
+    smaller than its box; it then stands second, so it takes nothing from the neighbour."""
+    small = outcome(60, 50, 10, slope=0.2)
+    big = outcome(50, 50, 18, slope=3.0)
+    originals = [square_around(60, 50, 10, slack=1.0), square_around(50, 50, 18)]
+    result = keep_outcomes_apart([small, big], originals, [], FINISH, (200, 200))
+    assert Reason.MUCH_SMALLER in result[0].doubts
+    assert result[1].accepted and result[1].found.equals_exact(big.found, 0.0)
+    spilling = outcome(50, 50, 15, [Reason.SPILLS_OUTSIDE])
+    result = keep_outcomes_apart([spilling, outcome(78, 50, 14)], [square_around(50, 50, 15)] * 2, [], FINISH)
+    assert Reason.SPILLS_OUTSIDE in result[0].doubts  # kept, though the split took the spill away
+
+
+def test_outlines_without_logits_are_split_geometrically():
+    a, b = outcome(50, 50, 15), outcome(78, 50, 14)
+    a = Outcome(a.polygon, found=a.found)  # no logits kept
+    result = keep_outcomes_apart([a, b], [square_around(50, 50, 15), square_around(78, 50, 14)], [], FINISH)
+    assert result[0].polygon.intersection(result[1].polygon).area < 1e-6
+    assert result[0].found.intersection(result[1].found).area < 1e-6
