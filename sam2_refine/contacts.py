@@ -66,6 +66,7 @@ FLAP = 0.25  # pixels: half the width of the thinnest flap a territory's cut may
 _CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
 _NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
 _HAIR = 1e-6  # pixels: edges this close are one edge (round-off of the overlay)
+SNAP = 1e-4  # pixels: the grid outlines are snapped to when an overlay fails on round-off
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,12 @@ def _opened(polygon: Polygon | None, before: Polygon | None) -> Polygon | None:
     it only takes away)."""
     if polygon is None or polygon is before:
         return polygon
-    opened = polygon.buffer(-FLAP, join_style="mitre").buffer(FLAP, join_style="mitre")
-    # Mitred corners may reach a hair beyond: what is kept lies within `polygon`.
-    opened = largest_polygon(opened.intersection(polygon))
+    try:
+        opened = polygon.buffer(-FLAP, join_style="mitre").buffer(FLAP, join_style="mitre")
+        # Mitred corners may reach a hair beyond: what is kept lies within `polygon`.
+        opened = largest_polygon(opened.intersection(polygon))
+    except shapely.errors.GEOSException:  # the overlay's round-off: the flaps stay
+        return polygon
     return opened if opened is not None and opened.area > 0.5 * polygon.area else polygon
 
 
@@ -339,8 +343,25 @@ def keep_apart(members: Sequence[Member | None], written: Sequence[Polygon], fin
     settled: dict[int, Settled] = {}
     for group, written_here in touching_groups(members, written):
         part = {index: members[index] for index in group}
-        settled.update(settle_group(part, [written[w] for w in written_here], finish))
+        settled.update(_settled_safely(part, [written[w] for w in written_here], finish))
     return _clear_of_the_rest(members, settled)
+
+
+def _settled_safely(members: dict[int, Member], written: list[Polygon], finish: Finish) -> dict[int, Settled]:
+    """`settle_group`; where the overlay fails on round-off (GEOS's non-noded
+    intersections), again with every outline snapped to a grid of SNAP px; where that fails
+    too, the group is left as it was (its outlines may overlap: better than no result)."""
+    try:
+        return settle_group(members, written, finish)
+    except shapely.errors.GEOSException:
+        pass
+    snap = partial(shapely.set_precision, grid_size=SNAP)
+    try:
+        snapped = {index: replace(member, found=snap(member.found), polygon=snap(member.polygon))
+                   for index, member in members.items()}
+        return settle_group(snapped, [snap(outline) for outline in written], finish)
+    except shapely.errors.GEOSException:
+        return {}
 
 
 def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Settled]) -> dict[int, Settled]:
@@ -356,7 +377,10 @@ def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Sett
             continue
         hits = [shapes[int(k)] for k in tree.query(result.polygon, predicate="intersects")]
         if hits:
-            settled[index] = Settled(result.found, _minus(result.polygon, hits))
+            try:
+                settled[index] = Settled(result.found, _minus(result.polygon, hits))
+            except shapely.errors.GEOSException:  # round-off: kept as settled in its group
+                pass
     return settled
 
 

@@ -218,3 +218,29 @@ def test_outlines_without_logits_are_split_geometrically():
     result = keep_outcomes_apart([a, b], [square_around(50, 50, 15), square_around(78, 50, 14)], [], FINISH)
     assert result[0].polygon.intersection(result[1].polygon).area < 1e-6
     assert result[0].found.intersection(result[1].found).area < 1e-6
+
+
+def test_a_group_whose_overlay_fails_on_round_off_is_snapped_then_left_as_it_was(monkeypatch):
+    """GEOS can refuse an overlay of nearly coincident edges (a non-noded intersection):
+    the group is settled again with its outlines snapped to a fine grid, and if that fails
+    too it is left as it was; the job never fails for it."""
+    import shapely.errors
+
+    from sam2_refine import contacts
+
+    calls = []
+    settle = contacts.settle_group
+
+    def failing(members, written, finish, fail_times):
+        calls.append(len(calls))
+        if len(calls) <= fail_times:
+            raise shapely.errors.GEOSException("TopologyException: found non-noded intersection")
+        return settle(members, written, finish)
+
+    members = [member(30, 40, 20), member(60, 40, 14)]
+    monkeypatch.setattr(contacts, "settle_group", lambda m, w, f: failing(m, w, f, 1))
+    settled = keep_apart(members, [], finisher())
+    assert len(calls) == 2 and settled[0].polygon.intersection(settled[1].polygon).area < 1e-6
+    calls.clear()
+    monkeypatch.setattr(contacts, "settle_group", lambda m, w, f: failing(m, w, f, 2))
+    assert keep_apart(members, [], finisher()) == {}
