@@ -24,7 +24,17 @@ So a doubtful outline never takes area from an accepted one.
 polygon is kept within its territory: its split outline and the free space nearer to it
 than to any neighbour's split outline (the difference of the two distances, sampled every
 TERRITORY_STEP px). So padding fills only space no neighbour holds, smoothing never pushes
-an outline into a neighbour's, and no two finished polygons overlap.
+an outline into a neighbour's, and no two finished polygons overlap. Flaps thinner than
+2 FLAP px that sampling leaves where three territories meet are opened away.
+
+**Outcomes.** `keep_outcomes_apart` applies this to a location's reviewed outcomes: after
+the review's duplicate rule (an outline it doubted as another's duplicate takes no part,
+so a cell prompted twice is never split against itself), and before the review judges
+each changed outline again (it adds the doubts it finds, never takes one away).
+
+**Round-off.** Where GEOS refuses an overlay (nearly coincident edges), a group is settled
+again with its outlines snapped to SNAP px, and failing that left as it was: a job never
+fails for it.
 
 **Cost.** Only objects whose outlines or finished polygons meet another's take part
 (`touching_groups`: one spatial query for the location); an isolated object is returned
