@@ -27,10 +27,10 @@ TERRITORY_STEP px). So padding fills only space no neighbour holds, smoothing ne
 an outline into a neighbour's, and no two finished polygons overlap. Flaps thinner than
 2 FLAP px that sampling leaves where three territories meet are opened away.
 
-**Outcomes.** `keep_outcomes_apart` applies this to a location's reviewed outcomes: after
-the review's duplicate rule (an outline it doubted as another's duplicate takes no part,
-so a cell prompted twice is never split against itself), and before the review judges
-each changed outline again (it adds the doubts it finds, never takes one away).
+**Outcomes.** apart.py applies this to a location's reviewed outcomes: after the review's
+duplicate rule (an outline it doubted as another's duplicate takes no part, so a cell
+prompted twice is never split against itself), and before the review judges each changed
+outline again.
 
 **Round-off.** Where GEOS refuses an overlay (nearly coincident edges), a group is settled
 again with its outlines snapped to SNAP px, and failing that left as it was: a job never
@@ -39,7 +39,8 @@ fails for it.
 **Cost.** Only objects whose outlines or finished polygons meet another's take part
 (`touching_groups`: one spatial query for the location); an isolated object is returned
 unchanged. Each group is settled on its own (`settle_group`), a unit of work that can run
-in any process.
+in any process; within a group only pairs that meet are compared (one spatial index), so
+a large group costs what its contacts cost.
 
 Coordinates are image pixels (x = column, y = row); pixel (r, c) is the square
 [c, c+1] x [r, r+1] and a field's value for it is at its centre (c + 0.5, r + 0.5).
@@ -58,9 +59,7 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from skimage.measure import find_contours
 
-from . import review
 from .geometry import clip_to_image, finish_outline, largest_polygon
-from .outcome import Outcome, Reason
 
 # A region of the image (col0, row0, col1, row1), whole pixels, end-exclusive.
 PixelRegion = tuple[int, int, int, int]
@@ -117,11 +116,12 @@ def touching_groups(members: Sequence[Member | None], written: Sequence[Polygon]
         owners.append(-1 - index)
     if len(shapes) < 3:
         return []
-    tree = shapely.STRtree(shapes)
-    left, right = tree.query(shapes, predicate="intersects")
+    shapes = np.array(shapes, dtype=object)
+    left, right = shapely.STRtree(shapes).query(shapes)  # bounds that meet
     owners = np.array(owners)
     a, b = owners[left], owners[right]
-    keep = (a != b) & ((a >= 0) | (b >= 0))
+    keep = (left < right) & (a != b) & ((a >= 0) | (b >= 0))
+    keep[keep] = shapely.intersects(shapes[left[keep]], shapes[right[keep]])
     parent = {}
 
     def root(node: int) -> int:
@@ -259,28 +259,51 @@ def _opened(polygon: Polygon | None, before: Polygon | None) -> Polygon | None:
     return opened if opened is not None and opened.area > 0.5 * polygon.area else polygon
 
 
+def _meeting(shapes: Sequence[BaseGeometry | None], others: Sequence[BaseGeometry | None] | None = None,
+             owners: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The pairs (i, j) whose shapes meet: i < j within `shapes`, or i in `shapes` and j in
+    `others` (one spatial index, so a large group costs what its contacts cost). With
+    `owners`, shape k stands for object owners[k], and pairs name objects."""
+    present = [k for k, shape in enumerate(shapes) if shape is not None and not shape.is_empty]
+    if others is None:
+        targets, candidates = present, [shapes[k] for k in present]
+    else:
+        targets = [k for k, shape in enumerate(others) if shape is not None and not shape.is_empty]
+        candidates = [others[k] for k in targets]
+    if not present or not candidates:
+        return []
+    tree = shapely.STRtree(candidates)
+    left, right = tree.query([shapes[k] for k in present], predicate="intersects")
+    own = (lambda k: k) if owners is None else owners.__getitem__
+    pairs = {(own(present[a]), targets[b] if others is not None else own(targets[b]))
+             for a, b in zip(left.tolist(), right.tolist())}
+    return sorted(pair for pair in pairs if others is not None or pair[0] < pair[1])
+
+
 def split_outlines(members: dict[int, Member], written: Sequence[Polygon] = ()) -> dict[int, Polygon | None]:
     """Each member's found outline after the split: yielding to `written` and to members
     that stand higher, split with those of its rank."""
-    losses: dict[int, list[BaseGeometry]] = {index: list(written) for index in members}
     by_rank = sorted(members, key=lambda index: (members[index].rank, index))
-    for k, i in enumerate(by_rank):
-        for j in by_rank[k + 1:]:
-            a, b = members[i], members[j]
-            if not a.found.intersects(b.found):
-                continue
-            if a.rank == b.rank:
-                lost_a, lost_b = split_pair(a, b)
-                losses[i].append(lost_a)
-                losses[j].append(lost_b)
+    founds = [members[index].found for index in by_rank]
+    losses: dict[int, list[BaseGeometry]] = {index: [] for index in members}
+    for k, w in _meeting(founds, written):
+        losses[by_rank[k]].append(written[w])
+    neighbours: dict[int, list[int]] = {index: [] for index in members}
+    for k, l in _meeting(founds):
+        i, j = by_rank[k], by_rank[l]
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+        if members[i].rank == members[j].rank:
+            lost_i, lost_j = split_pair(members[i], members[j])
+            losses[i].append(lost_i)
+            losses[j].append(lost_j)
     split: dict[int, Polygon | None] = {}
     for index in by_rank:
         member = members[index]
         # Higher standing first, so what it holds after its own split is final.
-        higher = [split[j] for j in split if members[j].rank < member.rank and split[j] is not None
+        higher = [split[j] for j in neighbours[index] if members[j].rank < member.rank and split[j] is not None
                   and split[j].intersects(member.found)]
-        outline = _minus(member.found, losses[index] + higher)
-        split[index] = outline
+        split[index] = _minus(member.found, losses[index] + higher)
     return split
 
 
@@ -322,22 +345,29 @@ def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish:
         unchanged = outline is not None and outline.equals_exact(member.found, 0.0)
         finished[index] = member.polygon if unchanged else (None if outline is None else finish(outline))
     by_rank = sorted(members, key=lambda index: (members[index].rank, index))
-    losses: dict[int, list[BaseGeometry]] = {index: list(written) for index in members}
-    for k, i in enumerate(by_rank):
-        for j in by_rank[k + 1:]:
-            if members[i].rank != members[j].rank or None in (split[i], split[j], finished[i], finished[j]):
-                continue
-            if not (finished[i].intersects(finished[j]) or finished[i].intersects(split[j])
-                    or finished[j].intersects(split[i])):
-                continue
-            lost_i, lost_j = _territory_losses(split[i], finished[i], split[j], finished[j])
-            losses[i].append(lost_i)
-            losses[j].append(lost_j)
+    # Each object's reach: its split outline and its finished polygon.
+    reach = [None if None in (split[i], finished[i]) else shape for i in by_rank for shape in (split[i], finished[i])]
+    losses: dict[int, list[BaseGeometry]] = {index: [] for index in members}
+    for k, w in _meeting([None if finished[i] is None else finished[i] for i in by_rank], written):
+        losses[by_rank[k]].append(written[w])
+    neighbours: dict[int, list[int]] = {index: [] for index in members}
+    for k, l in _meeting(reach, owners=[k // 2 for k in range(len(reach))]):
+        i, j = by_rank[k], by_rank[l]
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+        if members[i].rank != members[j].rank:
+            continue
+        if not (finished[i].intersects(finished[j]) or finished[i].intersects(split[j])
+                or finished[j].intersects(split[i])):
+            continue
+        lost_i, lost_j = _territory_losses(split[i], finished[i], split[j], finished[j])
+        losses[i].append(lost_i)
+        losses[j].append(lost_j)
     kept: dict[int, Polygon | None] = {}
     for index in by_rank:
         rank = members[index].rank
         # What stands higher is final already: its outline and kept polygon are its own.
-        higher = [shape for j in kept if members[j].rank < rank
+        higher = [shape for j in neighbours[index] if j in kept and members[j].rank < rank
                   for shape in (split[j], kept[j]) if shape is not None]
         kept[index] = _opened(_minus(finished[index], losses[index] + higher), finished[index])
     return {index: Settled(split[index], kept[index] if split[index] is not None else None) for index in members}
@@ -346,15 +376,18 @@ def settle_group(members: dict[int, Member], written: Sequence[Polygon], finish:
 # --- one location ---------------------------------------------------------------------
 
 
-def keep_apart(members: Sequence[Member | None], written: Sequence[Polygon], finish: Finish) -> dict[int, Settled]:
-    """The location's objects that meet another, settled (see the module); those absent
-    from the result are unchanged. `members[i]` None: object i has no outline or takes no
-    part (it is neither split nor kept out of)."""
+def keep_apart(members: Sequence[Member | None], written: Sequence[Polygon], finish: Finish,
+               others: Sequence[Polygon] = ()) -> dict[int, Settled]:
+    """The objects that meet another, settled (see the module); those absent from the
+    result are unchanged. `members[i]` None: object i has no outline or takes no part (it
+    is neither split nor kept out of). `others`: outlines beside them that are not to be
+    changed (objects settled elsewhere, outlines written before): a polygon finished anew
+    yields to them."""
     settled: dict[int, Settled] = {}
     for group, written_here in touching_groups(members, written):
         part = {index: members[index] for index in group}
         settled.update(_settled_safely(part, [written[w] for w in written_here], finish))
-    return _clear_of_the_rest(members, settled)
+    return _clear_of_the_rest(members, settled, list(others) + list(written))
 
 
 def _settled_safely(members: dict[int, Member], written: list[Polygon], finish: Finish) -> dict[int, Settled]:
@@ -374,13 +407,15 @@ def _settled_safely(members: dict[int, Member], written: list[Polygon], finish: 
         return {}
 
 
-def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Settled]) -> dict[int, Settled]:
+def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Settled],
+                       others: Sequence[Polygon] = ()) -> dict[int, Settled]:
     """A polygon finished anew from its split outline may reach an object outside its
-    group (one that met nothing before): it yields to that object's outline and polygon."""
-    others = [(index, member) for index, member in enumerate(members) if member is not None and index not in settled]
-    if not others or not settled:
+    group (one that met nothing before) or one of `others`: it yields to that object's
+    outline and polygon."""
+    shapes = [shape for index, member in enumerate(members) if member is not None and index not in settled
+              for shape in (member.found, member.polygon)] + list(others)
+    if not shapes or not settled:
         return settled
-    shapes = [shape for _, member in others for shape in (member.found, member.polygon)]
     tree = shapely.STRtree(shapes)
     for index, result in settled.items():
         if result.polygon is None or result.polygon is members[index].polygon:
@@ -394,67 +429,7 @@ def _clear_of_the_rest(members: Sequence[Member | None], settled: dict[int, Sett
     return settled
 
 
-def pixel_region_of(polygon: Polygon, margin: int = 2) -> PixelRegion:
-    """The whole pixels under `polygon`'s bounds, with `margin` more on each side: where
-    an object's field must be known for any split of its outline."""
-    x0, y0, x1, y1 = polygon.bounds
-    return (math.floor(x0) - margin, math.floor(y0) - margin, math.ceil(x1) + margin, math.ceil(y1) + margin)
-
-
-
-# --- a location's outcomes ----------------------------------------------------------------
-
-# Passes of `keep_outcomes_apart`: an accepted outline the review doubts after the split
-# stands lower in the next pass (doubts only grow, so this ends).
-_PASSES = 3
-
-
-def _member(outcome: Outcome) -> Member | None:
-    """How an outcome takes part: accepted outlines stand first (rank 0), doubtful ones
-    second (1); one the duplicate rule doubted (another outline is the same cell) and a
-    skip take no part."""
-    if outcome.polygon is None or Reason.OVERLAPS_ANOTHER in outcome.doubts:
-        return None
-    return Member(outcome.outline_found, outcome.polygon, outcome.logits, 0 if not outcome.doubts else 1)
-
-
-def keep_outcomes_apart(
-    outcomes: list[Outcome],
-    originals: list[Polygon | None],
-    written: Sequence[Polygon],
-    finish: Finish,
-    frame_size: tuple[int, int] | None = None,
-    thresholds: review.Thresholds = review.DEFAULT_THRESHOLDS,
-) -> list[Outcome]:
-    """A location's reviewed outcomes (the duplicate rule applied) with their outlines
-    split and kept within their territories (`keep_apart`); `originals` as the review
-    judges them, `written` the outlines earlier runs wrote here, `finish` the user's
-    padding and smoothing. The review then judges each changed outline as written: a
-    doubt found now is added (none is taken away), and an accepted outline that becomes
-    doubtful stands second in another pass. An outline left with nothing (it lay within
-    the others) keeps its own shape and is doubtful as overlapping another."""
-    standing = list(outcomes)
-    for _ in range(_PASSES):
-        settled = keep_apart([_member(outcome) for outcome in standing], written, finish)
-        result = list(outcomes)
-        for index, kept in settled.items():
-            outcome = standing[index]
-            if kept.found is None:
-                result[index] = replace(outcome, doubts=_with(outcome.doubts, [Reason.OVERLAPS_ANOTHER]))
-                continue
-            if kept.found is outcome.outline_found and kept.polygon is outcome.polygon:
-                result[index] = outcome
-                continue
-            doubts = review.shape_doubts(kept.found, originals[index], thresholds, frame_size) \
-                if kept.found is not outcome.outline_found else []
-            result[index] = Outcome(None, Reason.VANISHED) if kept.polygon is None else \
-                replace(outcome, polygon=kept.polygon, found=kept.found, doubts=_with(outcome.doubts, doubts))
-        fallen = [index for index in settled if outcomes[index].accepted and not result[index].accepted]
-        if not any(standing[index].accepted for index in fallen):
-            return result
-        standing = [replace(outcome, doubts=result[index].doubts) if index in fallen else outcome
-                    for index, outcome in enumerate(standing)]
-    return result
+# --- the user's finish -----------------------------------------------------------------
 
 
 def _finished(outline: Polygon, smoothing: float, padding: float, frame_size: tuple[int, int]) -> Polygon | None:
@@ -465,7 +440,3 @@ def _finished(outline: Polygon, smoothing: float, padding: float, frame_size: tu
 def finisher(smoothing: float, padding: float, frame_size: tuple[int, int]) -> Finish:
     """The user's padding and smoothing (geometry.finish_outline), clipped to the image."""
     return partial(_finished, smoothing=smoothing, padding=padding, frame_size=frame_size)
-
-
-def _with(doubts: tuple[Reason, ...], more: list[Reason]) -> tuple[Reason, ...]:
-    return tuple(doubts) + tuple(reason for reason in more if reason not in doubts)

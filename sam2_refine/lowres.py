@@ -59,6 +59,21 @@ class LowRes:
         return LowRes(self.values[row0 - self.row0:row_span.stop - self.row0, col0 - self.col0:col_span.stop - self.col0],
                       row0, col0, self.grid)
 
+    def holds(self, region: Region, window: Window) -> bool:
+        """Whether this crop holds every cell `resize_crop` reads for `region` (window pixels,
+        within the window)."""
+        col0, row0, col1, row1 = region
+        if col0 < 0 or row0 < 0 or col1 > window.width or row1 > window.height or col1 <= col0 or row1 <= row0:
+            return False
+        rows, cols = self.grid
+        first_row, _, _ = _source_positions(row0, row0 + 1, window.height, rows)
+        _, last_row, _ = _source_positions(row1 - 1, row1, window.height, rows)
+        first_col, _, _ = _source_positions(col0, col0 + 1, window.width, cols)
+        _, last_col, _ = _source_positions(col1 - 1, col1, window.width, cols)
+        held_rows, held_cols = self.values.shape
+        return (first_row[0] >= self.row0 and last_row[0] < self.row0 + held_rows
+                and first_col[0] >= self.col0 and last_col[0] < self.col0 + held_cols)
+
 
 def crop_low_res(logits: np.ndarray, area: Region, window: Window, origin: tuple[int, int] = (0, 0),
                  grid: tuple[int, int] | None = None) -> LowRes:

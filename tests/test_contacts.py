@@ -156,16 +156,34 @@ def test_a_field_that_does_not_cover_the_overlap_falls_back_to_the_geometric_spl
     assert math.isfinite(lost_geometric.area) and lost_geometric.area > 0
 
 
-# --- a location's outcomes ------------------------------------------------------------------
+# --- a location's outcomes (apart.py) ------------------------------------------------------
 
-from sam2_refine.contacts import finisher as image_finisher, keep_outcomes_apart  # noqa: E402
+from sam2_refine import apart  # noqa: E402
+from sam2_refine.interface import RESOLUTION_AUTO  # noqa: E402
+from sam2_refine.lowres import LowRes  # noqa: E402
 from sam2_refine.outcome import Outcome, Reason  # noqa: E402
+from sam2_refine.review import DEFAULT_THRESHOLDS  # noqa: E402
+from sam2_refine.seam import Window  # noqa: E402
+
+SIDE = 200
+OPTIONS = apart.Options(0.7, 0.0, (SIDE, SIDE), DEFAULT_THRESHOLDS)
 
 
-def outcome(cx, cy, radius, doubts=(), slope=1.0) -> Outcome:
+def disk_logits(cx, cy, radius, slope=1.0, span=math.inf) -> apart.ObjectLogits:
+    """A disc's field as SAM2's logits on a grid of one cell per pixel over a window of the
+    frame (resized, they are the field at the pixel centres)."""
+    values = disk_field(cx, cy, radius, slope)((0, 0, SIDE, SIDE)).astype(np.float32)
+    return apart.ObjectLogits(Window(0, 0, SIDE, SIDE), LowRes(values, 0, 0, (SIDE, SIDE)), span)
+
+
+def outcome(cx, cy, radius, doubts=(), slope=1.0) -> tuple[Outcome, apart.ObjectLogits]:
     found = disk(cx, cy, radius)
-    return Outcome(finish_outline(found, 0.7, 0.0), doubts=tuple(doubts), found=found,
-                   logits=disk_field(cx, cy, radius, slope))
+    return Outcome(finish_outline(found, 0.7, 0.0), doubts=tuple(doubts), found=found), disk_logits(cx, cy, radius, slope)
+
+
+def keep_outcomes_apart(objects, originals, written=(), options=OPTIONS, submit=None) -> list[Outcome]:
+    outcomes = [o for o, _ in objects]
+    return apart.keep_apart(outcomes, originals, list(written), options, lambda k: objects[k][1], submit)
 
 
 def square_around(cx, cy, radius, slack=2.0) -> Polygon:
@@ -173,7 +191,15 @@ def square_around(cx, cy, radius, slack=2.0) -> Polygon:
                     (cx + radius + slack, cy + radius + slack), (cx - radius - slack, cy + radius + slack)])
 
 
-FINISH = image_finisher(0.7, 0.0, (200, 200))
+def test_the_field_read_from_kept_logits_is_the_field_and_none_beyond_them():
+    read = apart.field_reader(Window(0, 0, SIDE, SIDE), disk_logits(50, 50, 15).logits)
+    assert np.allclose(read((40, 45, 60, 52)), disk_field(50, 50, 15)((40, 45, 60, 52)), atol=1e-5)
+    # Cells rows 20-29, columns 30-39: pixel c reads cells c and c + 1 (one cell per pixel).
+    crop = LowRes(np.zeros((10, 10), np.float32), 20, 30, (SIDE, SIDE))
+    read = apart.field_reader(Window(0, 0, SIDE, SIDE), crop)
+    assert read((30, 20, 39, 29)).shape == (9, 9)
+    assert read((29, 20, 39, 29)) is None and read((30, 20, 40, 29)) is None and read((30, 19, 39, 29)) is None
+    assert apart.field_reader(Window(100, 100, 50, 50), crop)((90, 100, 110, 110)) is None  # outside the window
 
 
 def test_two_prompts_on_one_cell_are_not_split_against_each_other():
@@ -182,9 +208,9 @@ def test_two_prompts_on_one_cell_are_not_split_against_each_other():
     kept, duplicate, neighbour = outcome(50, 50, 15), outcome(50.5, 50, 15, [Reason.OVERLAPS_ANOTHER]), \
         outcome(78, 50, 14)
     originals = [square_around(50, 50, 15), square_around(50, 50, 15), square_around(78, 50, 14)]
-    result = keep_outcomes_apart([kept, duplicate, neighbour], originals, [], FINISH, (200, 200))
-    assert result[1] is duplicate  # left as it was, doubtful
-    assert result[0].accepted and result[0].found.area > 0.98 * kept.found.area
+    result = keep_outcomes_apart([kept, duplicate, neighbour], originals)
+    assert result[1] is duplicate[0]  # left as it was, doubtful
+    assert result[0].accepted and result[0].found.area > 0.98 * kept[0].found.area
     assert result[0].polygon.intersection(result[2].polygon).area < 1e-6
 
 
@@ -192,9 +218,9 @@ def test_a_doubtful_outline_never_takes_area_from_an_accepted_one():
     accepted = outcome(50, 50, 15, slope=1.0)
     doubtful = outcome(78, 50, 14, [Reason.LOW_PREDICTED_IOU], slope=5.0)  # far more certain logits, still doubtful
     originals = [square_around(50, 50, 15), square_around(78, 50, 14)]
-    result = keep_outcomes_apart([accepted, doubtful], originals, [], FINISH, (200, 200))
-    assert result[0].found.equals_exact(accepted.found, 0.0)
-    assert result[1].found.intersection(accepted.found).area < 1e-6
+    result = keep_outcomes_apart([accepted, doubtful], originals)
+    assert result[0].found.equals_exact(accepted[0].found, 0.0)
+    assert result[1].found.intersection(accepted[0].found).area < 1e-6
     assert result[1].doubts == (Reason.LOW_PREDICTED_IOU,)
 
 
@@ -204,20 +230,67 @@ def test_the_review_judges_the_split_outline_and_never_takes_a_doubt_away():
     small = outcome(60, 50, 10, slope=0.2)
     big = outcome(50, 50, 18, slope=3.0)
     originals = [square_around(60, 50, 10, slack=1.0), square_around(50, 50, 18)]
-    result = keep_outcomes_apart([small, big], originals, [], FINISH, (200, 200))
+    result = keep_outcomes_apart([small, big], originals)
     assert Reason.MUCH_SMALLER in result[0].doubts
-    assert result[1].accepted and result[1].found.equals_exact(big.found, 0.0)
+    assert result[1].accepted and result[1].found.equals_exact(big[0].found, 0.0)
     spilling = outcome(50, 50, 15, [Reason.SPILLS_OUTSIDE])
-    result = keep_outcomes_apart([spilling, outcome(78, 50, 14)], [square_around(50, 50, 15)] * 2, [], FINISH)
+    result = keep_outcomes_apart([spilling, outcome(78, 50, 14)], [square_around(50, 50, 15)] * 2)
     assert Reason.SPILLS_OUTSIDE in result[0].doubts  # kept, though the split took the spill away
+
+
+def test_size_doubts_after_the_split_are_put_down_to_the_resolution_for_coarse_objects():
+    """As in the first judgement (review.judge_object): an object spanning fewer than
+    SIZE_BLUR_SPAN of SAM2's mask pixels that comes out much smaller is too coarse."""
+    from sam2_refine.review import SIZE_BLUR_SPAN
+
+    small, big = outcome(60, 50, 10, slope=0.2), outcome(50, 50, 18, slope=3.0)
+    small = (small[0], replace_span(small[1], SIZE_BLUR_SPAN - 1))
+    originals = [square_around(60, 50, 10, slack=1.0), square_around(50, 50, 18)]
+    result = keep_outcomes_apart([small, big], originals)
+    assert Reason.TOO_COARSE in result[0].doubts and Reason.MUCH_SMALLER not in result[0].doubts
+
+
+def replace_span(logits: apart.ObjectLogits, span: float) -> apart.ObjectLogits:
+    return apart.ObjectLogits(logits.window, logits.logits, span)
 
 
 def test_outlines_without_logits_are_split_geometrically():
     a, b = outcome(50, 50, 15), outcome(78, 50, 14)
-    a = Outcome(a.polygon, found=a.found)  # no logits kept
-    result = keep_outcomes_apart([a, b], [square_around(50, 50, 15), square_around(78, 50, 14)], [], FINISH)
+    a = (a[0], None)  # no logits kept
+    result = keep_outcomes_apart([a, b], [square_around(50, 50, 15), square_around(78, 50, 14)])
     assert result[0].polygon.intersection(result[1].polygon).area < 1e-6
     assert result[0].found.intersection(result[1].found).area < 1e-6
+
+
+def test_an_outline_left_with_nothing_stays_as_found_and_is_doubtful():
+    """A cell that lies within an accepted outline written before keeps nothing after the
+    split: it is kept as SAM2 found it, doubtful as overlapping another."""
+    inner = outcome(50, 50, 8)
+    written = disk(50, 50, 20)
+    result = keep_outcomes_apart([inner], [square_around(50, 50, 8)], [written])
+    assert result[0].found.equals_exact(inner[0].found, 0.0) and result[0].polygon.equals_exact(inner[0].polygon, 0.0)
+    assert result[0].doubts == (Reason.OVERLAPS_ANOTHER,)
+
+
+def test_groups_settled_by_the_outline_processes_are_what_they_are_in_line():
+    """Groups cross to another process and back as plain arrays: the same outcomes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    objects = [outcome(50, 50, 15), outcome(78, 50, 14, [Reason.LOW_PREDICTED_IOU]), outcome(64, 74, 12),
+               (outcome(120, 120, 10)[0], None), outcome(139, 120, 10), outcome(170, 30, 9)]
+    originals = [square_around(50, 50, 15), square_around(78, 50, 14), square_around(64, 74, 12),
+                 square_around(120, 120, 10), square_around(139, 120, 10), square_around(170, 30, 9)]
+    written = [disk(150, 150, 12)]
+    in_line = keep_outcomes_apart(objects, originals, written)
+    with ProcessPoolExecutor(1) as pool:
+        shipped = keep_outcomes_apart(objects, originals, written, submit=pool.submit)
+    assert in_line[5] is objects[5][0] and shipped[5] is objects[5][0]  # isolated: untouched
+    for mine, theirs in zip(in_line, shipped):
+        assert mine.doubts == theirs.doubts
+        assert mine.polygon.equals_exact(theirs.polygon, 0.0) and mine.found.equals_exact(theirs.found, 0.0)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert in_line[i].polygon.intersection(in_line[j].polygon).area < 1e-6
 
 
 def test_a_group_whose_overlay_fails_on_round_off_is_snapped_then_left_as_it_was(monkeypatch):
