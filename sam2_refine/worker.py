@@ -172,7 +172,8 @@ def run_compute(
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare(job)
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution,
-                              thresholds=DEFAULT_THRESHOLDS)  # what every refinement is judged by
+                              thresholds=DEFAULT_THRESHOLDS,  # what every refinement is judged by
+                              keep_apart=not params.allow_overlaps)
 
     def predictor() -> PredictorAdapter:
         loaded = adapt(load_predictor(params.checkpoint_path))
@@ -229,8 +230,9 @@ def _location_work(
 ) -> LocationWork:
     """A location for the pipeline: the originals still to refine, and those an earlier run
     refined (only write-back may be left to do for them); `accepted_earlier` are the
-    outlines an earlier run with the same settings accepted here, which the overlap check
-    counts as kept (one accepted outline per cell across runs)."""
+    outlines an earlier run with the same settings accepted here, as written: the overlap
+    check counts them as kept (one accepted outline per cell across runs), and new outlines
+    yield to them."""
     done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
     todo = [original for original in originals if original["_id"] not in earlier]
     return LocationWork(
@@ -241,6 +243,7 @@ def _location_work(
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
         context=_Place(location, todo, done),
+        written=list(accepted_earlier),
     )
 
 

@@ -10,6 +10,7 @@ whole outline; with 'Allow overlapping outlines' ticked they overlap as SAM2 fou
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -31,9 +32,12 @@ def scenes() -> list[TouchingSet]:
     return [touching_set(seed, SIDE, SIDE, 30) for seed in SEEDS]
 
 
-def refine_through_worker(server, checkpoint_dir, tmp_path, touching: list[TouchingSet], **fields):
-    """Each scene at its own time point; returns, per scene, cell -> [(polygon, accepted)]."""
-    dataset_id = server.add_dataset(np.full((1, 1, len(touching), 1, SIDE, SIDE), 100, np.uint16))
+def refine_through_worker(server, checkpoint_dir, tmp_path, touching: list[TouchingSet], log: list | None = None,
+                          **fields):
+    """Each scene at its own time point; returns, per scene, cell -> [(polygon, accepted)]
+    (and the job log's lines in `log`)."""
+    side = touching[0].scene.width
+    dataset_id = server.add_dataset(np.full((1, 1, len(touching), 1, side, side), 100, np.uint16))
     sources = {}
     for time, scene in enumerate(touching):
         for prompt in scene.prompts:
@@ -49,6 +53,8 @@ def refine_through_worker(server, checkpoint_dir, tmp_path, touching: list[Touch
     env = {"SAM2_REFINE_PREDICTOR": "tests.touching_cells:from_environment", "TOUCHING_ORACLE": str(oracle)}
     run = run_worker(server, "compute", parameters, checkpoint_dir, dataset_id, extra_env=env)
     assert run.returncode == 0, run.stdout + run.stderr
+    if log is not None:
+        log.extend(run.stderr.splitlines())
     present = {a["_id"] for a in server.annotations(dataset_id)}
     found = [defaultdict(list) for _ in touching]
     for annotation in server.annotations(dataset_id):
@@ -104,6 +110,23 @@ def test_touching_cells_meet_on_one_boundary(server, oracle_checkpoint_dir, tmp_
           f"cells boxed twice: IoU min {min(doubled):.3f}")
     assert np.median(near) <= 0.8
     assert min(doubled) >= 0.9
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the outline processes need two CPUs")
+def test_touching_cells_meet_on_one_boundary_when_the_outline_processes_keep_them_apart(
+        server, oracle_checkpoint_dir, tmp_path):
+    """A job of more than PROCESS_POOL_MIN_OBJECTS objects: the outlines are settled, and
+    the touching groups kept apart, in the outline processes."""
+    from sam2_refine.worker import PROCESS_POOL_MIN_OBJECTS
+
+    touching = [touching_set(seed, 1024, 1024, 60) for seed in (0, 1, 2, 3)]
+    assert sum(len(scene.prompts) for scene in touching) >= PROCESS_POOL_MIN_OBJECTS
+    log: list[str] = []
+    found = refine_through_worker(server, oracle_checkpoint_dir, tmp_path, touching, log, Padding=2)
+    assert any("outlines in" in line and "processes" in line for line in log), log
+    areas = overlaps(touching, found)
+    print(f"{len(areas)} touching pairs accepted, largest overlap {max(areas):.3g} px²")
+    assert len(areas) >= 150 and max(areas) <= 0.5
 
 
 def test_with_overlaps_allowed_touching_outlines_overlap_as_found(server, oracle_checkpoint_dir, tmp_path):
