@@ -30,10 +30,11 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from sam2_refine.engine import RefineSettings, refine_frame
+from sam2_refine.engine import RefineSettings
 from sam2_refine.interface import RESOLUTION_AUTO
 from sam2_refine.outcome import Outcome
-from sam2_refine.worker import prompt_coordinates
+from sam2_refine.originals import prompt_coordinates
+from sam2_refine.pipeline import refine_frame
 from tests.touching_cells import Region, TouchingOracle, TouchingSet, positive_region, touching_set
 
 NEAR_CONTACT = 3.0  # pixels
