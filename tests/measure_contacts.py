@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.measure_contacts                # every setting, seeds 0-5
     .venv/bin/python -m tests.measure_contacts --seeds 2      # fewer scenes
+    .venv/bin/python -m tests.measure_contacts --doubled      # cells boxed twice, against boxed once
 
 Dense fields of touching cells (tests/touching_cells.py: 1024² frames of ~60 cells
 8-150 px across, ~50 touching pairs each, contacts 1-100 px long), each boxed 0-15 %
@@ -205,11 +206,42 @@ HEADER = ("| setting | touching pairs overlapping > 0.5 px² (both accepted) | o
           "| CPU ms per object |\n|---|---|---|---|---|---|---|---|---|")
 
 
+def doubled(seeds: int) -> None:
+    """Each cell boxed twice (bleeding masks, defaults): the IoU of its accepted outline,
+    and of the same cell's accepted outline when it is boxed once (its second box left out:
+    the windows SAM2 sees may then lie a little differently), and with overlaps allowed."""
+    from tests.touching_cells import TouchingSet
+
+    print("| seed | cell | px across | neighbours | IoU boxed twice | boxed once | boxed once, overlaps allowed |")
+    print("|---|---|---|---|---|---|---|")
+    for seed in range(seeds):
+        touching = touching_set(seed)
+        twice, _ = refine(touching, 0.7, 0.0)
+        keep = [k for k, prompt in enumerate(touching.prompts) if not prompt.second]
+        once_set = TouchingSet(touching.scene, [touching.prompts[k] for k in keep], [touching.answers[k] for k in keep])
+        once, _ = refine(once_set, 0.7, 0.0)
+        allowed, _ = refine(once_set, 0.7, 0.0, keep_apart=False)
+        for prompt in touching.prompts:
+            if not prompt.second:
+                continue
+            cell, truth = prompt.cell, touching.scene.truths[prompt.cell]
+            kept = [o.polygon for p, o in zip(touching.prompts, twice) if p.cell == cell and o.accepted]
+            first = next(k for k, p in enumerate(once_set.prompts) if p.cell == cell)
+            scores = [f"{iou(polygon, truth):.3f}" if polygon is not None else "–"
+                      for polygon in (kept[0] if len(kept) == 1 else None, once[first].polygon, allowed[first].polygon)]
+            print(f"| {seed} | {cell} | {2 * np.sqrt(truth.area / np.pi):.1f} | "
+                  f"{len(touching.scene.neighbours(cell))} | " + " | ".join(scores) + " |", flush=True)
+
+
 def main(arguments: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="scenes per setting (seeds 0..N-1)")
     parser.add_argument("--only", help="settings whose name contains this text")
+    parser.add_argument("--doubled", action="store_true", help="only the cells boxed twice, boxed once and twice")
     args = parser.parse_args(arguments)
+    if args.doubled:
+        doubled(args.seeds)
+        return
     print(HEADER)
     ideals: dict[tuple[int, float], dict] = {}
     for name, perfect, smoothing, padding in SETTINGS:
