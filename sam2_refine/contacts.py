@@ -73,6 +73,7 @@ Finish = Callable[[Polygon], "Polygon | None"]
 GEOMETRIC_STEP = 0.5  # pixels between the samples of a geometric split
 TERRITORY_STEP = 0.5  # pixels between the samples of a territory's edge in free space
 FLAP = 0.25  # pixels: half the width of the thinnest flap a territory's cut may leave
+_SPLIT_TOLERANCE = 0.05  # pixels: the logit split's vertices on a straight run are dropped within this
 _CUT_TOLERANCE = 0.05  # pixels: a cut's vertices on a straight run are dropped within this
 _NEGLIGIBLE = 1e-9  # px²: overlaps smaller than this are floating-point noise
 _HAIR = 1e-6  # pixels: edges this close are one edge (round-off of the overlay)
@@ -201,7 +202,7 @@ def _field_wins(a: Member, b: Member, overlap: BaseGeometry) -> tuple[BaseGeomet
     first, second = a.field(region), b.field(region)
     if first is None or second is None:
         return None
-    wins = positive_region(first - second, (region[0] + 0.5, region[1] + 0.5), 1.0)
+    wins = positive_region(first - second, (region[0] + 0.5, region[1] + 0.5), 1.0).simplify(_SPLIT_TOLERANCE)
     # The samples' hull (pixel centres), which holds the overlap.
     sampled = box(region[0] + 0.5, region[1] + 0.5, region[2] - 0.5, region[3] - 0.5)
     return sampled.intersection(wins), sampled.difference(wins)
