@@ -18,7 +18,9 @@ perfect ones. Per setting:
 - whole-cell IoU of the touching cells (median, min), against the same truth;
 - touching cells left without an accepted refinement (doubtful or missing);
 - cells boxed twice: accepted outlines per cell and the IoU of the accepted one;
-- isolated cells (none within 5 px): IoU median.
+- isolated cells (none within 5 px): IoU median;
+- touching cells' accepted polygons: vertices per px of outline (median);
+- CPU per object (in line, the stand-in's answers included).
 """
 
 from __future__ import annotations
@@ -113,11 +115,12 @@ class Figures:
     doubled_one_accepted: int = 0
     doubled_ious: list = None
     isolated_ious: list = None
+    vertices: list = None  # touching cells' accepted polygons: vertices per px of outline
     cpu: float = 0.0
     prompts: int = 0
 
     def __post_init__(self):
-        for name in ("near_p90", "ious", "doubled_ious", "isolated_ious"):
+        for name in ("near_p90", "ious", "doubled_ious", "isolated_ious", "vertices"):
             if getattr(self, name) is None:
                 setattr(self, name, [])
 
@@ -168,6 +171,7 @@ def measure(touching: TouchingSet, outcomes: list[Outcome], padding: float, idea
         if p90 is not None:
             figures.near_p90.append(p90)
         figures.ious.append(iou(polygon, reference(cell)))
+        figures.vertices.append((len(polygon.exterior.coords) - 1) / polygon.exterior.length)
     for cell, found in by_cell.items():
         if len(found) > 1:
             figures.doubled += 1
@@ -195,15 +199,16 @@ def row(name: str, f: Figures) -> str:
     ious = f"{np.median(f.ious):.3f} ({min(f.ious):.3f})" if f.ious else "–"
     doubled = f"{f.doubled_one_accepted} of {f.doubled}, IoU min {min(f.doubled_ious):.3f}" if f.doubled_ious else "–"
     isolated = f"{np.median(f.isolated_ious):.3f}" if f.isolated_ious else "–"
+    vertices = f"{np.median(f.vertices):.2f}" if f.vertices else "–"
     return (f"| {name} | {f.overlapping} of {f.pairs} | {per_contact:.3f} ({f.worst[0]:.1f} px² over {f.worst[1]:.0f} px) "
-            f"| {near} | {ious} | {f.doubted} of {f.touching_cells} | {doubled} | {isolated} "
+            f"| {near} | {ious} | {f.doubted} of {f.touching_cells} | {doubled} | {isolated} | {vertices} "
             f"| {1000 * f.cpu / max(f.prompts, 1):.1f} |")
 
 
 HEADER = ("| setting | touching pairs overlapping > 0.5 px² (both accepted) | overlap px² per px of contact "
           "(worst pair) | near contacts: 90th-pct distance, median over cells | whole-cell IoU median (min) "
           "| touching cells doubted | cells boxed twice: one accepted, IoU | isolated cells IoU median "
-          "| CPU ms per object |\n|---|---|---|---|---|---|---|---|---|")
+          "| touching cells' vertices per px of outline, median | CPU ms per object |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def doubled(seeds: int) -> None:
@@ -238,6 +243,7 @@ def main(arguments: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="scenes per setting (seeds 0..N-1)")
     parser.add_argument("--only", help="settings whose name contains this text")
     parser.add_argument("--doubled", action="store_true", help="only the cells boxed twice, boxed once and twice")
+    parser.add_argument("--allow-overlaps", action="store_true", help="outlines not kept apart (as before issue 25)")
     args = parser.parse_args(arguments)
     if args.doubled:
         doubled(args.seeds)
@@ -250,7 +256,7 @@ def main(arguments: list[str] | None = None) -> None:
         total = Figures()
         for seed in range(args.seeds):
             touching = touching_set(seed, perfect=perfect)
-            outcomes, cpu = refine(touching, smoothing, padding)
+            outcomes, cpu = refine(touching, smoothing, padding, keep_apart=not args.allow_overlaps)
             figures = measure(touching, outcomes, padding, ideals.setdefault((seed, padding), {}))
             figures.cpu = cpu
             total.add(figures)
