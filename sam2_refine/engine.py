@@ -325,8 +325,7 @@ def why_not_accepted(outcome: Outcome) -> Reason:
     return outcome.reason if outcome.polygon is None else review.primary_reason(outcome.doubts)
 
 
-# Pixels around an outline's bounds whose logits are kept: a split reads a pixel beyond an overlap.
-SPLIT_MARGIN = 2
+SPLIT_MARGIN = 2  # pixels around an outline's bounds whose logits are kept (a split reads beyond an overlap)
 
 
 @dataclass(frozen=True)
@@ -357,7 +356,7 @@ def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settle
         found = outcome.outline_found
         mask = None
         if found is not None:
-            x0, y0, x1, y1 = found.bounds  # and the pixels a split of the outline reads (apart.py)
+            x0, y0, x1, y1 = found.bounds
             area = _to_window((x0 - SPLIT_MARGIN, y0 - SPLIT_MARGIN, x1 + SPLIT_MARGIN, y1 + SPLIT_MARGIN), task.window)
             mask = ObjectMask(task.window, logits.cropped_to(area, task.window))
         settled.append(Settled(task.prompt.owner, outcome, mask))
@@ -437,8 +436,7 @@ class LocationPlan:
 
     def logits_of(self, owner: int) -> apart.ObjectLogits | None:
         """`mask(owner)` with the span of the original's box in SAM2's mask pixels."""
-        mask = self.mask(owner)
-        if mask is None:
+        if (mask := self.mask(owner)) is None:
             return None
         if self._boxes is None:
             self._boxes = {prompt.owner: prompt.box for prompt in self.prompts}
@@ -475,11 +473,10 @@ def plan_location(
 
 def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings,
                     written: list[Polygon] = (), submit: apart.Submit | None = None) -> list[Outcome]:
-    """The location's settled outcomes reviewed together (`review.review_location`: the
-    overlap check, also against outlines an earlier run accepted here, before padding; an
-    original the model never reached has an empty mask); then, unless the settings allow
-    overlaps, touching outlines kept apart (apart.py), yielding to those earlier runs wrote
-    and accepted here (`written`), by the outline processes where `submit` is given."""
+    """The location's settled outcomes reviewed together (`review.review_location`; an
+    original the model never reached has an empty mask), then, unless the settings allow
+    overlaps, touching outlines kept apart (apart.py: yielding to `written`, the outlines
+    earlier runs accepted here; by the outline processes where `submit` is given)."""
     outcomes = [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in plan.outcomes]
     outcomes = review.review_location(plan.originals, outcomes, settings.padding, accepted_elsewhere,
                                       settings.thresholds, plan.frame_size)
