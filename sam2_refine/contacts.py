@@ -104,7 +104,8 @@ class Settled:
 # --- which objects meet ---------------------------------------------------------------
 
 
-def touching_groups(members: Sequence[Member | None], written: Sequence[Polygon] = ()) -> list[tuple[list[int], list[int]]]:
+def touching_groups(members: Sequence[Member | None], written: Sequence[Polygon] = ()
+                    ) -> list[tuple[list[int], list[int]]]:
     """The location's groups of objects that meet: (member indices, written indices) for
     each group of members whose outlines or finished polygons meet one another's or a
     written outline. Members in no group meet nothing and need no work."""

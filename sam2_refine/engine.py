@@ -440,7 +440,8 @@ class LocationPlan:
             return None
         if self._boxes is None:
             self._boxes = {prompt.owner: prompt.box for prompt in self.prompts}
-        return apart.ObjectLogits(mask.window, mask.logits, coarseness(self._boxes[owner], mask.window, mask.logits.grid))
+        span = coarseness(self._boxes[owner], mask.window, mask.logits.grid)
+        return apart.ObjectLogits(mask.window, mask.logits, span)
 
     @property
     def prompt_count(self) -> int:

@@ -159,7 +159,6 @@ def test_a_field_that_does_not_cover_the_overlap_falls_back_to_the_geometric_spl
 # --- a location's outcomes (apart.py) ------------------------------------------------------
 
 from sam2_refine import apart  # noqa: E402
-from sam2_refine.interface import RESOLUTION_AUTO  # noqa: E402
 from sam2_refine.lowres import LowRes  # noqa: E402
 from sam2_refine.outcome import Outcome, Reason  # noqa: E402
 from sam2_refine.review import DEFAULT_THRESHOLDS  # noqa: E402
@@ -178,7 +177,8 @@ def disk_logits(cx, cy, radius, slope=1.0, span=math.inf) -> apart.ObjectLogits:
 
 def outcome(cx, cy, radius, doubts=(), slope=1.0) -> tuple[Outcome, apart.ObjectLogits]:
     found = disk(cx, cy, radius)
-    return Outcome(finish_outline(found, 0.7, 0.0), doubts=tuple(doubts), found=found), disk_logits(cx, cy, radius, slope)
+    outcome = Outcome(finish_outline(found, 0.7, 0.0), doubts=tuple(doubts), found=found)
+    return outcome, disk_logits(cx, cy, radius, slope)
 
 
 def keep_outcomes_apart(objects, originals, written=(), options=OPTIONS, submit=None) -> list[Outcome]:
