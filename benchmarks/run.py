@@ -1,6 +1,6 @@
 """`make bench`: our worker end to end vs the existing worker's algorithm.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only NAME...] [--repeat N] [--json PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--only NAME...] [--repeat N] [--json PATH] [--allow-overlaps]
     .venv/bin/python benchmarks/run.py --windows [TILING_PY]     # Auto's windows only, no model
 
 Each case is a fresh dataset in an in-process NimbusServer holding synthetic frames
@@ -55,6 +55,7 @@ WHOLE, AUTO, EXISTING = "ours Whole frame", "ours Auto", "existing"
 WHOLE_FP32, AUTO_FP32 = "ours Whole frame fp32", "ours Auto fp32"  # bf16 off (BENCH_PRECISION=fp32)
 IMPLEMENTATIONS = (WHOLE, AUTO, WHOLE_FP32, AUTO_FP32, EXISTING)
 PADDING, SMOOTHING = 1.0, 0.7
+EXTRA_FIELDS: dict = {}  # interface fields every case adds (--allow-overlaps)
 TIMEOUT = 1800
 NO_MODEL = "no model"
 
@@ -155,7 +156,7 @@ def parameters(dataset_id: str, model: str, resolution: str, frames: int) -> dic
             "SAM2 Refiner": "", "Batch XY": "", "Batch Z": "", "Batch Time": f"1-{frames}" if frames > 1 else "",
             "Tag of objects to refine": ["rough"], "Model": CONFIGS["tiny" if model == NO_MODEL else model][0],
             "Resolution": resolution, "Delete original annotations": False, "Padding": PADDING,
-            "Smoothing": SMOOTHING, "Doubtful refinements": "Accept anyway",
+            "Smoothing": SMOOTHING, "Doubtful refinements": "Accept anyway", **EXTRA_FIELDS,
         },
         "scales": {},
     }
@@ -577,7 +578,11 @@ def main() -> int:
                         help="only plan Auto's windows (current tiling.py, or the file given) and print their cost")
     parser.add_argument("--dataset-scale", action="store_true",
                         help="only the 5-frame job on datasets of 5 and 300 frames (benchmarks/dataset_scale.py)")
+    parser.add_argument("--allow-overlaps", action="store_true",
+                        help="tick 'Allow overlapping outlines' (touching outlines are not kept apart)")
     args = parser.parse_args()
+    if args.allow_overlaps:
+        EXTRA_FIELDS["Allow overlapping outlines"] = True
     if args.windows:
         print("\n".join(windows_report(None if args.windows == "current" else Path(args.windows))))
         return 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from shapely.geometry import Polygon
 
-from . import geometry, review, tiling
+from . import apart, geometry, review, tiling
 from .areas import (  # noqa: F401 (the engine's names for them, as before)
     GROWTH_STEPS, Prompt, _to_window, coarseness, decode_area, decode_areas, first_read, first_reads, growth_step,
     make_prompt, prompt_box, prompt_boxes,
@@ -55,13 +55,15 @@ VANISHED = Reason.VANISHED
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """A job's settings for the engine: Smoothing and Padding (pixels), Resolution, and the
-    thresholds every refinement is judged by."""
+    """A job's settings for the engine: Smoothing and Padding (pixels), Resolution, the
+    thresholds every refinement is judged by, and whether touching outlines are kept apart
+    (apart.py; False: 'Allow overlapping outlines')."""
 
     smoothing: float
     padding: float
     resolution: str
     thresholds: Thresholds = DEFAULT_THRESHOLDS
+    keep_apart: bool = True
 
 
 def outline_of_coordinates(coordinates: list[dict]) -> Polygon | None:
@@ -232,10 +234,14 @@ def why_not_accepted(outcome: Outcome) -> Reason:
     return outcome.reason if outcome.polygon is None else review.primary_reason(outcome.doubts)
 
 
+SPLIT_MARGIN = 2  # pixels around an outline's bounds whose logits are kept (a split reads beyond an overlap)
+
+
 @dataclass(frozen=True)
 class ObjectMask:
     """The logits of the mask an object's outcome came from (image frame: the window they
-    lie on), over the cells its outline covers (and one to spare around them)."""
+    lie on), over the cells its outline covers and SPLIT_MARGIN pixels around (as far as
+    SAM2 decoded them)."""
 
     window: Window
     logits: LowRes
@@ -265,7 +271,8 @@ def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settle
         mask = None
         if found is not None:
             x0, y0, x1, y1 = found.bounds
-            mask = ObjectMask(task.window, logits.cropped_to(_to_window((x0, y0, x1, y1), task.window), task.window))
+            area = _to_window((x0 - SPLIT_MARGIN, y0 - SPLIT_MARGIN, x1 + SPLIT_MARGIN, y1 + SPLIT_MARGIN), task.window)
+            mask = ObjectMask(task.window, logits.cropped_to(area, task.window))
         settled.append(Settled(task.prompt.owner, outcome, mask))
     return settled
 
@@ -325,6 +332,7 @@ class LocationPlan:
     prompts: list[Prompt]
     resolution: str
     _settled: list = field(default_factory=list, repr=False)
+    _boxes: dict | None = field(default=None, repr=False)
 
     def settle(self, settled) -> None:
         """Record settled objects (`owners`, `outcomes`, and `mask(k)`, the logits the k-th
@@ -339,6 +347,15 @@ class LocationPlan:
         """The logits the original's outline came from (None: it has none, or is not settled)."""
         found = self._settled[owner] if self._settled else None
         return None if found is None else found[0].mask(found[1])
+
+    def logits_of(self, owner: int) -> apart.ObjectLogits | None:
+        """`mask(owner)` with the span of the original's box in SAM2's mask pixels."""
+        if (mask := self.mask(owner)) is None:
+            return None
+        if self._boxes is None:
+            self._boxes = {prompt.owner: prompt.box for prompt in self.prompts}
+        span = coarseness(self._boxes[owner], mask.window, mask.logits.grid)
+        return apart.ObjectLogits(mask.window, mask.logits, span)
 
     @property
     def prompt_count(self) -> int:
@@ -369,13 +386,19 @@ def plan_location(
     return LocationPlan(frame_size, outcomes, clipped, prompts, settings.resolution)
 
 
-def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings) -> list[Outcome]:
-    """The location's settled outcomes reviewed together (`review.review_location`: the
-    overlap check across them, and against outlines an earlier run accepted here, before
-    padding); an original the model never reached has an empty mask."""
+def finish_location(plan: LocationPlan, accepted_elsewhere: list[Polygon], settings: RefineSettings,
+                    written: list[Polygon] = (), submit: apart.Submit | None = None) -> list[Outcome]:
+    """The location's settled outcomes reviewed together (`review.review_location`; an
+    original the model never reached has an empty mask), then, unless the settings allow
+    overlaps, touching outlines kept apart (apart.py: yielding to `written`, the outlines
+    earlier runs accepted here; by the outline processes where `submit` is given)."""
     outcomes = [outcome if outcome is not None else Outcome(None, Reason.EMPTY_MASK) for outcome in plan.outcomes]
-    return review.review_location(plan.originals, outcomes, settings.padding, accepted_elsewhere, settings.thresholds,
-                                  plan.frame_size)
+    outcomes = review.review_location(plan.originals, outcomes, settings.padding, accepted_elsewhere,
+                                      settings.thresholds, plan.frame_size)
+    if not settings.keep_apart:
+        return outcomes
+    options = apart.Options(settings.smoothing, settings.padding, plan.frame_size, settings.thresholds)
+    return apart.keep_apart(outcomes, plan.originals, written, options, plan.logits_of, submit)
 
 
 # The image of a window as the user sees it: (rows, cols, 3) float32 in [0, 1], at the

@@ -27,6 +27,7 @@ DELETE_ORIGINALS = "Delete original annotations"
 PADDING = "Padding"
 SMOOTHING = "Smoothing"
 DOUBTFUL = "Doubtful refinements"
+OVERLAPS = "Allow overlapping outlines"
 
 RESOLUTION_AUTO = "Auto"
 RESOLUTION_WHOLE_FRAME = "Whole frame"
@@ -200,6 +201,22 @@ def build_interface(model_names: list[str]) -> dict:
                 f"{DOUBTFUL_ACCEPT}: it is treated like any other refinement (but one cut where "
                 "SAM2's mask went on is tagged and never replaces its original).\n"
                 f"{DOUBTFUL_SKIP}: it is not saved; its original is kept."
+            ),
+        },
+        OVERLAPS: {
+            "type": "checkbox",
+            "default": False,
+            "displayOrder": 11,
+            "tooltip": (
+                "Unticked (the default), refined outlines of touching cells do not overlap: where two "
+                "overlap, each point goes to the cell whose SAM2 mask is more certain there (the higher "
+                "logit; without one, the nearer cell), so neighbours meet along one boundary, and Padding "
+                "and Smoothing never push an outline into a neighbour's. A doubtful outline gives way to "
+                "an accepted one, a new one to an accepted one saved before; a second outline of the same "
+                "cell is doubtful and left as found.\n"
+                "Ticked: each outline is kept as SAM2 found it and padded and smoothed on its own, "
+                "so outlines may overlap (for cells that really overlap, as in a projection of a "
+                "thick sample)."
             ),
         },
     }

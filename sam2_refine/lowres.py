@@ -49,15 +49,6 @@ class LowRes:
     col0: int
     grid: tuple[int, int]
 
-    def holds(self, area: Region, window: Window) -> bool:
-        """Whether this crop holds every cell that resizing reads for `area` (window pixels)."""
-        rows, cols = self.grid
-        col_span = low_res_span(area[0], area[2], window.width, cols)
-        row_span = low_res_span(area[1], area[3], window.height, rows)
-        held_rows, held_cols = self.values.shape
-        return (self.row0 <= row_span.start and row_span.stop <= self.row0 + held_rows
-                and self.col0 <= col_span.start and col_span.stop <= self.col0 + held_cols)
-
     def cropped_to(self, area: Region, window: Window) -> "LowRes":
         """The cells of this crop that resizing reads for `area` (window pixels), as far as
         it holds them (a view)."""
@@ -67,6 +58,21 @@ class LowRes:
         row0, col0 = max(row_span.start, self.row0), max(col_span.start, self.col0)
         return LowRes(self.values[row0 - self.row0:row_span.stop - self.row0, col0 - self.col0:col_span.stop - self.col0],
                       row0, col0, self.grid)
+
+    def holds(self, region: Region, window: Window) -> bool:
+        """Whether this crop holds every cell `resize_crop` reads for `region` (window pixels,
+        within the window)."""
+        col0, row0, col1, row1 = region
+        if col0 < 0 or row0 < 0 or col1 > window.width or row1 > window.height or col1 <= col0 or row1 <= row0:
+            return False
+        rows, cols = self.grid
+        first_row, _, _ = _source_positions(row0, row0 + 1, window.height, rows)
+        _, last_row, _ = _source_positions(row1 - 1, row1, window.height, rows)
+        first_col, _, _ = _source_positions(col0, col0 + 1, window.width, cols)
+        _, last_col, _ = _source_positions(col1 - 1, col1, window.width, cols)
+        held_rows, held_cols = self.values.shape
+        return (first_row[0] >= self.row0 and last_row[0] < self.row0 + held_rows
+                and first_col[0] >= self.col0 and last_col[0] < self.col0 + held_cols)
 
 
 def low_res_spans(areas: np.ndarray, window_sizes: np.ndarray, grids: np.ndarray) -> np.ndarray:

@@ -32,7 +32,8 @@ def stable_output_tags(params: RefineParameters) -> tuple[str, ...]:
 
 def run_key(params: RefineParameters) -> str:
     """A digest of the settings that shape the output: runs with the same key make the
-    same refined polygons, so a later run recognises what an earlier one saved."""
+    same refined polygons, so a later run recognises what an earlier one saved. Allowing
+    overlaps counts only when ticked: the default keeps the key runs had before it existed."""
     settings = {
         "model": params.model_name,
         "resolution": params.resolution,
@@ -41,6 +42,8 @@ def run_key(params: RefineParameters) -> str:
         "tags": sorted(stable_output_tags(params)),
         "channel": params.output_channel,
     }
+    if params.allow_overlaps:  # absent by default, so runs made before the field existed keep their key
+        settings["overlaps"] = True
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -62,6 +62,7 @@ class RefineParameters:
     batch_text: dict[str, str]
     connect_to: ConnectTo | None
     doubtful: str = ui.DOUBTFUL_TAG
+    allow_overlaps: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def parse_parameters(
         batch_text={axis: batch_text_of(values.get(field), field) for axis, field in BATCH_FIELDS.items()},
         connect_to=parse_connect_to(raw.get("connectTo")),
         doubtful=parse_doubtful(values.get(ui.DOUBTFUL)),
+        allow_overlaps=parse_checkbox(values.get(ui.OVERLAPS)),
     )
 
 

@@ -63,8 +63,9 @@ POLL = 0.2                 # seconds between checks for a stop while waiting on 
 class LocationWork:
     """One location to refine: its originals' prompt coordinates (or their (n, 2) points)
     and outlines (the areas the review compares with), outlines an earlier run accepted
-    there, where its window images come from, and the caller's own `context` (handed back
-    to `finish`)."""
+    there (before padding, as the review compares them), where its window images come
+    from, the caller's own `context` (handed back to `finish`), and those accepted outlines
+    as written (new outlines yield to them: engine.finish_location)."""
 
     frame_size: tuple[int, int]
     coordinates: list[list[dict] | np.ndarray]
@@ -72,6 +73,7 @@ class LocationWork:
     fetch: Callable[[Window], np.ndarray]
     accepted_elsewhere: list[Polygon] = field(default_factory=list)
     context: object = None
+    written: list[Polygon] = field(default_factory=list)
 
 
 class Stopped(Exception):
@@ -203,7 +205,6 @@ class Pipeline:
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._log = log or _to_stderr
-        self._outlines: Executor | None = None
         self.clock = StageClock()
 
     # --- failures ------------------------------------------------------------------
@@ -237,9 +238,10 @@ class Pipeline:
 
     def run(self, works: Iterable[LocationWork]) -> None:
         finishing: queue.Queue = queue.Queue(maxsize=FINISH_QUEUE)
-        outlines = self._outlines = outline_executor(self._workers)
+        outlines = outline_executor(self._workers)
         budget = _Budget(MAX_OBJECTS_IN_FLIGHT, self._stop)
-        finisher = threading.Thread(target=self._finish_stage, args=(finishing, budget), name="finish", daemon=True)
+        finisher = threading.Thread(target=self._finish_stage, args=(finishing, budget, outlines), name="finish",
+                                    daemon=True)
         finisher.start()
         fetcher = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
         cancelled = False
@@ -384,11 +386,11 @@ class Pipeline:
 
     # --- finish stage (its own thread) ---------------------------------------------
 
-    def _finish_stage(self, finishing: queue.Queue, budget: _Budget) -> None:
+    def _finish_stage(self, finishing: queue.Queue, budget: _Budget, outlines: Executor) -> None:
         try:
             while True:
                 location = finishing.get()
-                if location is None or self._stop.is_set() or not self._finish_location(location, budget):
+                if location is None or self._stop.is_set() or not self._finish_location(location, budget, outlines):
                     return
         except Stopped:
             return
@@ -404,9 +406,10 @@ class Pipeline:
             except queue.Empty:
                 continue
 
-    def _finish_location(self, location: _Location, budget: _Budget) -> bool:
-        """Settle, judge and finish one location as its batches come; False when the model
-        stage gave up on it (then it is not finished, and nothing after it is)."""
+    def _finish_location(self, location: _Location, budget: _Budget, outlines: Executor) -> bool:
+        """Settle, judge and finish one location as its batches come (touching outlines kept
+        apart by the outline processes); False when the model stage gave up on it (then it
+        is not finished, and nothing after it is)."""
         plan, work = location.plan, location.work
         done = len(work.coordinates) - plan.prompt_count
         self._on_progress(work, done)
@@ -417,7 +420,7 @@ class Pipeline:
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
             if settled.unsettled:  # masks that go on beyond what crossed: again, with all their logits
-                again = self._outlines.submit(settle_timed, chunk.again(settled.unsettled), self._settings)
+                again = outlines.submit(settle_timed, chunk.again(settled.unsettled), self._settings)
                 rest, seconds = self.clock.timed("finish waited for outlines", self._wait, again)
                 self.clock.add("outline", seconds)
                 plan.settle(rest)
@@ -425,7 +428,8 @@ class Pipeline:
             plan.settle(settled)
             done += count
             self._on_progress(work, done)
-        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings)
+        outcomes = self.clock.timed("review", engine.finish_location, plan, work.accepted_elsewhere, self._settings,
+                                    work.written, outlines.submit)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
 
@@ -452,6 +456,7 @@ def refine_frame(
     on_progress: Callable[[int], None] = lambda done: None,
     outlines: list[Polygon | None] | None = None,
     accepted_elsewhere: list[Polygon] = (),
+    written: list[Polygon] = (),
 ) -> list[Outcome]:
     """Refine and judge the originals (each a list of platform coordinates) of one frame:
     the pipeline over this one location, its outlines settled in line.
@@ -459,12 +464,13 @@ def refine_frame(
     `frame_size` is (width, height) in image pixels; `window_images` gives the image of a
     window (engine.crops_of cuts them from a frame). `outlines` are the areas the originals
     outline, which the review compares refinements with (default: the polygons of their
-    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame.
+    coordinates); `accepted_elsewhere` are outlines an earlier run accepted in this frame
+    (before padding), `written` the same as written.
     `on_progress` receives how many originals are finished so far.
     """
     if outlines is None:
         outlines = [engine.outline_of_coordinates(points) for points in originals]
-    work = LocationWork(frame_size, originals, outlines, window_images, list(accepted_elsewhere))
+    work = LocationWork(frame_size, originals, outlines, window_images, list(accepted_elsewhere), written=list(written))
     finished: list[Outcome] = []
     run_pipeline([work], lambda: predictor, settings, lambda location, outcomes: finished.extend(outcomes),
                  lambda location, done: on_progress(done))

@@ -109,7 +109,7 @@ ADVICE = {
         "SAM2 probably kept only an inner part of the cell (or a smaller object inside the outline): "
         "the original leaves more room around it than people leave around a cell."
     ),
-    Reason.OVERLAPS_ANOTHER: "Two originals probably outline the same cell.",
+    Reason.OVERLAPS_ANOTHER: "Two originals probably outline the same cell, or one lies within its neighbours' outlines.",
     Reason.LOW_PREDICTED_IOU: "SAM2 itself rated its mask as poor.",
     Reason.NO_OBJECT: "SAM2 itself saw no object in the box.",
     Reason.REACHES_VIEW_EDGE: "The refined outline reaches the edge of what SAM2 saw; it may be cut.",
@@ -161,7 +161,9 @@ MEANINGS = {
     Reason.OVERLAPS_ANOTHER: (
         "Doubtful: it and another refined outline at its location (in this run, or accepted by an earlier "
         "run with the same settings) share more than half of the smaller of the two, and the other one is "
-        "better: free of other doubts, or agreeing better with its own original."
+        "better: free of other doubts, or agreeing better with its own original. Or, with outlines kept "
+        "apart (the default), nothing of it is left once it is split from its neighbours' outlines: it is "
+        "kept as SAM2 found it."
     ),
     Reason.LOW_PREDICTED_IOU: f"Doubtful: SAM2's own estimate of the mask's IoU is below {_T.min_predicted_iou:g}.",
     Reason.NO_OBJECT: "Doubtful: SAM2's object score says there is no object in the box.",

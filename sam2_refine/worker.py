@@ -185,7 +185,8 @@ def run_compute(
     writer = WriteBack(platform, params, key, reporter)
     writer.prepare(job)
     settings = RefineSettings(smoothing=params.smoothing, padding=params.padding, resolution=params.resolution,
-                              thresholds=DEFAULT_THRESHOLDS)  # what every refinement is judged by
+                              thresholds=DEFAULT_THRESHOLDS,  # what every refinement is judged by
+                              keep_apart=not params.allow_overlaps)
 
     def predictor() -> PredictorAdapter:
         loaded = adapt(load_predictor(params.checkpoint_path))
@@ -249,8 +250,9 @@ def _location_work(
 ) -> LocationWork:
     """A location for the pipeline: the originals still to refine, and those an earlier run
     refined (only write-back may be left to do for them); `accepted_earlier` are the
-    outlines an earlier run with the same settings accepted here, which the overlap check
-    counts as kept (one accepted outline per cell across runs)."""
+    outlines an earlier run with the same settings accepted here, as written: the overlap
+    check counts them as kept (one accepted outline per cell across runs), and new outlines
+    yield to them."""
     done = [(original, earlier[original["_id"]]) for original in originals if original["_id"] in earlier]
     todo = [original for original in originals if original["_id"] not in earlier]
     points = [outline_points(original) for original in todo]
@@ -264,6 +266,7 @@ def _location_work(
         accepted_elsewhere=[unpadded(polygon, params.padding, (frame.width, frame.height))
                             for polygon in accepted_earlier],
         context=_Place(location, todo, done),
+        written=list(accepted_earlier),
     )
 
 

@@ -175,12 +175,15 @@ def render(labels: dict[str, str], checkpoints: str | None) -> str:
         "",
         "## Running a job again",
         "",
-        "Run the same job again (the same model, resolution, padding, smoothing, output tags and layer) and it "
+        "Run the same job again (the same model, resolution, padding, smoothing, output tags and layer, and "
+        "*Allow overlapping outlines* when ticked) and it "
         "continues where it stopped: each refined polygon carries a marker (`sam2Refine`) made of those settings "
         "and its original's id, so what was saved is neither refined nor created again, and originals left next to "
         "their refinement are replaced. Editing a refined polygon in the app keeps its marker. A polygon without "
         "the marker is never taken for a refinement, whatever its tags or position. An original is deleted only "
-        "while its refined polygon exists: one deleted while the job runs keeps its original.",
+        "while its refined polygon exists: one deleted while the job runs keeps its original. Unless overlaps are "
+        "allowed, new refinements yield to those an earlier run saved and accepted beside them, which are never "
+        "edited.",
         "",
         "Every write the job makes lands in your undo history, as if you had made it (the platform keeps 10 "
         "entries a user, for an hour): your next undo in the app reverts the job's last write alone, for example "

@@ -18,7 +18,7 @@ def test_fields_types_defaults_and_order():
         "SAM2 Refiner": "notes", "Batch XY": "text", "Batch Z": "text", "Batch Time": "text",
         "Tag of objects to refine": "tags", "Model": "select", "Resolution": "select",
         "Delete original annotations": "checkbox", "Padding": "number", "Smoothing": "number",
-        "Doubtful refinements": "select",
+        "Doubtful refinements": "select", "Allow overlapping outlines": "checkbox",
     }
     orders = [spec["displayOrder"] for spec in fields.values()]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
@@ -32,6 +32,7 @@ def test_fields_types_defaults_and_order():
     assert fields["Resolution"]["default"] == "Auto"
     assert fields["Doubtful refinements"]["items"] == ["Tag for review", "Accept anyway", "Skip"]
     assert fields["Doubtful refinements"]["default"] == "Tag for review"
+    assert fields["Allow overlapping outlines"]["default"] is False
     assert all(spec.get("tooltip") for name, spec in fields.items() if spec["type"] != "notes")
 
 

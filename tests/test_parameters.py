@@ -157,3 +157,20 @@ def test_selection_keeps_any_of_the_tags_at_the_chosen_locations():
     assert [d["tags"] for d in chosen[Location(0, 0, 0)]] == [["nucleus"], ["cell", "x"]]
     everything = select_originals(documents, (), [Location(0, 0, 0)])
     assert len(everything[Location(0, 0, 0)]) == 4
+
+
+def test_overlaps_are_refused_unless_allowed():
+    assert parse(raw()).allow_overlaps is False  # saved before the field existed
+    assert parse(raw(**{ui.OVERLAPS: False})).allow_overlaps is False
+    assert parse(raw(**{ui.OVERLAPS: True})).allow_overlaps is True
+
+
+def test_the_run_key_of_a_default_job_is_what_it_was_before_overlaps_could_be_allowed():
+    """Earlier runs are recognised by their key: with overlaps refused (the default) it is
+    byte for byte what the release before the field gave (digests from commit 0ed5306)."""
+    from sam2_refine.markers import run_key
+
+    assert run_key(parse(raw())) == "9050c5c3fb7d1126"
+    assert run_key(parse(raw(**{ui.PADDING: 2}))) == "84f0a47a37f4eb40"
+    assert run_key(parse(raw(**{ui.OVERLAPS: False}))) == "9050c5c3fb7d1126"
+    assert run_key(parse(raw(**{ui.OVERLAPS: True}))) not in ("9050c5c3fb7d1126", "84f0a47a37f4eb40")

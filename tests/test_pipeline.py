@@ -304,9 +304,9 @@ def test_settled_objects_cross_processes_whole_and_their_logits_stay_reachable(m
     seen: dict[str, list] = {}
     real_finish = engine.finish_location
 
-    def finish_location(plan, accepted_elsewhere, settings):
+    def finish_location(plan, accepted_elsewhere, settings, *more):
         seen.setdefault("masks", []).extend(plan.mask(owner) for owner in range(len(plan.outcomes)))
-        return real_finish(plan, accepted_elsewhere, settings)
+        return real_finish(plan, accepted_elsewhere, settings, *more)
 
     monkeypatch.setattr(pipeline.engine, "finish_location", finish_location)
     in_line, in_processes = Recorder(), Recorder()
