@@ -156,12 +156,7 @@ class Sam2Predictor:
                 if not self._out_of_gpu_memory(error):
                     raise
                 if size == 1:
-                    raise WorkerError(
-                        f"The GPU ran out of memory while SAM2 looked at one window: {error}",
-                        info="Another job may be using this GPU; run the tool again when it is free, or choose a "
-                             "smaller model.",
-                        title="GPU out of memory",
-                    ) from error
+                    raise _out_of_memory("looked at one window", error) from error
             # Here, outside the handler, the failed attempt's tensors are gone with its traceback.
             self._release_gpu_memory()
             size = max(1, size // 2)
@@ -234,12 +229,7 @@ class Sam2Predictor:
                 if not self._out_of_gpu_memory(error):
                     raise
                 if size == 1:
-                    raise WorkerError(
-                        f"The GPU ran out of memory while SAM2 decoded one box: {error}",
-                        info="Another job may be using this GPU; run the tool again when it is free, or choose a "
-                             "smaller model.",
-                        title="GPU out of memory",
-                    ) from error
+                    raise _out_of_memory("decoded one box", error) from error
             # Outside the handler: the failed pass's tensors are gone with its traceback.
             self._release_gpu_memory()
             self._decode_pass = max(1, size // 2)
@@ -250,3 +240,12 @@ class Sam2Predictor:
 
         with torch.inference_mode(), self._autocast("decode"):
             return self._decoder.decode(self._current, boxes, areas, whole_grid=not self.crop_upscaling)
+
+
+def _out_of_memory(doing: str, error: BaseException) -> WorkerError:
+    """The error a job ends with when the GPU runs out of memory on the smallest batch."""
+    return WorkerError(
+        f"The GPU ran out of memory while SAM2 {doing}: {error}",
+        info="Another job may be using this GPU; run the tool again when it is free, or choose a smaller model.",
+        title="GPU out of memory",
+    )
