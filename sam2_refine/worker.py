@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import interface as ui
+from . import processes
 from .creates import Refined
 from .device import usable_cpu_count
 from .drawn import original_outlines, outline_points
@@ -152,6 +153,7 @@ def run_compute(
     """Refine the job's originals. `prepare_predictor`, if given, is told the checkpoint as
     soon as the parameters are accepted, so the model can load while annotations are read;
     `load_predictor` then returns the predictor."""
+    processes.fewer_collections()
     models = ui.available_checkpoints()
     params: RefineParameters = parse_parameters(raw_parameters, dataset_id, models, ui.checkpoint_dir())
     # What the platform lets this user do, asked once before the model loads or anything is read.

@@ -373,3 +373,18 @@ def test_outline_processes_yield_the_cpu_to_the_worker():
         assert executor.submit(os.nice, 0).result(timeout=60) == min(os.nice(0) + OUTLINE_NICENESS, 19)
     finally:
         executor.shutdown()
+
+
+def test_outline_processes_collect_garbage_less_often():
+    """The cyclic collector's passes over a job's many short-lived objects are spared in
+    the outline processes, as in the worker's own process."""
+    import gc
+
+    from sam2_refine.outlines import outline_executor
+    from sam2_refine.processes import GC_ALLOCATIONS
+
+    executor = outline_executor(2)
+    try:
+        assert executor.submit(gc.get_threshold).result(timeout=60)[0] == GC_ALLOCATIONS
+    finally:
+        executor.shutdown()
