@@ -185,8 +185,10 @@ def setup(out: Path | None, dry_run: bool) -> int:
 # --- checks ------------------------------------------------------------------------------
 
 def logits_by_object(predictor, crop: np.ndarray, window, boxes, members, size: int, encoded=None) -> list[np.ndarray]:
-    """Each member's logits over its search area, in image pixels, decoded in one batch."""
-    from sam2_refine.engine import resize_region
+    """Each member's logits over its search area, in image pixels, decoded in one batch
+    (through the seam, as the engine decodes: a predictor that crops gives each box's cells
+    with their origin on the low-resolution grid)."""
+    from sam2_refine.lowres import LowRes, resize_crop
     from sam2_refine.seam import decode_masks
     from sam2_refine.tiling import search_area
 
@@ -198,8 +200,10 @@ def logits_by_object(predictor, crop: np.ndarray, window, boxes, members, size: 
     prompts = np.array([[boxes[i].x0 - window.left, boxes[i].y0 - window.top, boxes[i].x1 - window.left,
                          boxes[i].y1 - window.top] for i in members], np.float32)
     areas = np.array([[a - o for a, o in zip(search_area(boxes[i], size, size), offset)] for i in members], np.int64)
-    logits = decode_masks(predictor, prompts, areas).logits
-    return [resize_region(low_res, window.height, window.width, tuple(area)) for low_res, area in zip(logits, areas)]
+    decoded = decode_masks(predictor, prompts, areas)
+    origins = decoded.origins if decoded.origins is not None else np.zeros((len(members), 2), np.int64)
+    return [resize_crop(LowRes(low_res, int(row0), int(col0), decoded.grid_shape), window.height, window.width,
+                        tuple(area)) for low_res, (row0, col0), area in zip(decoded.logits, origins, areas)]
 
 
 def cuda_memory_checks(checks: Checks, predictor, crops: list[np.ndarray], windows: list) -> None:

@@ -352,3 +352,27 @@ def test_a_venv_that_does_not_match_the_pins_stops_the_wheel_set():
 def test_wheel_file_names_give_the_project_names_of_the_manifest():
     assert gpu_wheels.wheel_name("pydantic_core-2.50.5-cp312-cp312-manylinux2014_x86_64.whl") == "pydantic-core"
     assert gpu_wheels.wheel_name("antlr4_python3_runtime-4.9.3-py3-none-any.whl") == "antlr4-python3-runtime"
+
+
+def test_the_checks_read_cropped_decodes_as_the_engine_does(tiny_checkpoint_dir):
+    """gpu.py's agreement checks compare each object's logits over its search area: read
+    from the crops a predictor gives (the per-area decode) and from the whole grid, they
+    are the same SAM2 mask, as the engine reads them (the checks once read crops as whole
+    grids: the dry run's agreement checks failed, and a device run would have too)."""
+    from benchmarks.precision import frame_image
+    from benchmarks.workload import make_workload
+    from sam2_refine.engine import prompt_box
+    from sam2_refine.model import Sam2Predictor
+
+    size = 512
+    workload = make_workload(size, 12)
+    image = frame_image(workload.image)
+    boxes = [prompt_box(outline, size, size) for outline in workload.outlines]
+    window, members = Window(0, 0, size, size), list(range(len(boxes)))
+    predictor = Sam2Predictor(tiny_checkpoint_dir / "sam2.1_hiera_tiny.pt", device="cpu", precision="fp32")
+    assert predictor.crop_upscaling  # the CPU decodes each box's area only
+    by_area = gpu.logits_by_object(predictor, image, window, boxes, members, size)
+    predictor.crop_upscaling = False
+    whole = gpu.logits_by_object(predictor, image, window, boxes, members, size)
+    stats = gpu.agreement(by_area, whole)
+    assert gpu.agrees(stats) and stats["flipped"] == 0, gpu.agreement_text(stats)
