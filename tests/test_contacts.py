@@ -317,3 +317,24 @@ def test_a_group_whose_overlay_fails_on_round_off_is_snapped_then_left_as_it_was
     calls.clear()
     monkeypatch.setattr(contacts, "settle_group", lambda m, w, f: failing(m, w, f, 2))
     assert keep_apart(members, [], finisher()) == {}
+
+
+def test_cells_touching_at_the_image_edge_are_split_by_their_logits():
+    """Two cells cut by the image's left edge, touching each other, both with their logits
+    kept: the overlap goes to the more certain mask, as it does away from the edge (review
+    of issue 25: the field region read around an overlap reaches one pixel beyond the image,
+    which no window holds, so such pairs were split geometrically, through the middle)."""
+    from shapely.geometry import box as square
+
+    def split(cx):
+        frame = square(0, 0, SIDE, SIDE)
+        found_a, found_b = disk(cx, 50, 15).intersection(frame), disk(cx, 76, 14).intersection(frame)
+        logits_a, logits_b = disk_logits(cx, 50, 15, slope=3.0), disk_logits(cx, 76, 14, slope=0.3)
+        a = Member(found_a, found_a, apart.field_reader(logits_a.window, logits_a.logits))
+        b = Member(found_b, found_b, apart.field_reader(logits_b.window, logits_b.logits))
+        return split_pair(a, b)
+
+    lost_a, lost_b = split(60)
+    assert lost_b.area > 1.5 * lost_a.area  # away from the edge: the steeper mask keeps most of the overlap
+    lost_a, lost_b = split(5)  # the overlap reaches the image's edge
+    assert lost_b.area > 1.5 * lost_a.area
