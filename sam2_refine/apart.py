@@ -104,13 +104,27 @@ class Change:
 # --- in any process: one group ------------------------------------------------------------
 
 
+# Pixels a region read may reach beyond the window (the split reads one around an overlap,
+# which at the image's edge lies beyond it): they take the values of the window's edge.
+BEYOND_WINDOW = 1
+
+
 def field_reader(window: Window, logits: LowRes) -> FieldReader:
     """SAM2's logits at the pixel centres of an image region, resized as the outline's
-    were; None where the cells kept do not hold them all."""
+    were (up to BEYOND_WINDOW pixels beyond the window: its edge's values); None where the
+    cells kept do not hold them all."""
 
     def read(region: PixelRegion) -> np.ndarray | None:
-        area = (region[0] - window.left, region[1] - window.top, region[2] - window.left, region[3] - window.top)
-        return resize_crop(logits, window.height, window.width, area) if logits.holds(area, window) else None
+        col0, row0 = region[0] - window.left, region[1] - window.top  # window frame
+        col1, row1 = region[2] - window.left, region[3] - window.top
+        inner = (max(col0, 0), max(row0, 0), min(col1, window.width), min(row1, window.height))
+        before, after = (inner[1] - row0, inner[0] - col0), (row1 - inner[3], col1 - inner[2])
+        if max(*before, *after) > BEYOND_WINDOW or not logits.holds(inner, window):
+            return None
+        values = resize_crop(logits, window.height, window.width, inner)
+        if max(*before, *after) > 0:
+            values = np.pad(values, ((before[0], after[0]), (before[1], after[1])), mode="edge")
+        return values
 
     return read
 
