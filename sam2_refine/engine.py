@@ -259,7 +259,9 @@ class Settled:
 
 def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settled | None]:
     """Each task settled: one unit of work for a pool. A partial task whose mask goes on
-    beyond the cells it holds is None: it is to be settled again with all its logits."""
+    beyond the cells it holds, or whose cells do not reach SPLIT_MARGIN around its outline
+    where touching outlines are kept apart, is None: it is to be settled again with all its
+    logits."""
     settled: list[Settled | None] = []
     for task in tasks:
         try:
@@ -272,6 +274,11 @@ def settle_all(tasks: list[ObjectTask], settings: RefineSettings) -> list[Settle
         if found is not None:
             x0, y0, x1, y1 = found.bounds
             area = _to_window((x0 - SPLIT_MARGIN, y0 - SPLIT_MARGIN, x1 + SPLIT_MARGIN, y1 + SPLIT_MARGIN), task.window)
+            if task.partial and settings.keep_apart and not logits.holds(area, task.window):
+                # The cells a split may read around the outline did not all cross: settled
+                # again with all of them, so it is split as it would be in line.
+                settled.append(None)
+                continue
             mask = ObjectMask(task.window, logits.cropped_to(area, task.window))
         settled.append(Settled(task.prompt.owner, outcome, mask))
     return settled

@@ -388,3 +388,26 @@ def test_outline_processes_collect_garbage_less_often():
         assert executor.submit(gc.get_threshold).result(timeout=60)[0] == GC_ALLOCATIONS
     finally:
         executor.shutdown()
+
+
+def test_touching_doubtful_cells_are_split_the_same_in_outline_processes_as_in_line():
+    """Pairs of overlapping cells each drawn 8 px inside (so their refinements spill and are
+    doubtful, their outlines stopping where the first read ends): kept apart by SAM2's
+    logits in the outline processes exactly as in line. Found in review: the logits kept
+    for the split were cut from the part that crossed, so the split there was geometric."""
+    width, height = 400, 300
+    shapes = [disk for i in range(6) for j in range(5) if 14 + 30 * i + 20 < width
+              for disk in (Disk(14 + 30 * i, 14 + 28 * j, 14), Disk(14 + 30 * i + 22.4, 14 + 28 * j + 1, 14))]
+    image = np.zeros((height, width, 3), np.float32)
+    coordinates = [shape.rough_outline(-8.0) for shape in shapes]
+    results = {}
+    for workers in (1, 2):
+        location = LocationWork((width, height), coordinates, [outline_of_coordinates(c) for c in coordinates],
+                                lambda w: image[w.top:w.top + w.height, w.left:w.left + w.width], context="T0")
+        run_pipeline([location], lambda: OraclePredictor(shapes), SETTINGS,
+                     lambda _, outcomes: results.setdefault(workers, outcomes), workers=workers)
+    assert sum(bool(o.doubts) for o in results[1]) > 10
+    differ = [k for k, (a, b) in enumerate(zip(results[1], results[2]))
+              if (a.polygon is None) != (b.polygon is None) or a.doubts != b.doubts
+              or (a.polygon is not None and not a.polygon.equals_exact(b.polygon, 1e-9))]
+    assert not differ, [(k, results[1][k].polygon.symmetric_difference(results[2][k].polygon).area) for k in differ]
