@@ -258,21 +258,11 @@ class Pipeline:
         finally:
             fetcher.shutdown(wait=False, cancel_futures=True)
             if not cancelled:
-                self._end(finishing, finisher)
+                _no_more_locations(finishing, finisher)
             finisher.join(timeout=FINISH_GRACE if cancelled else None)
             outlines.shutdown(wait=not cancelled, cancel_futures=True)
         if self._failure is not None:
             raise self._failure
-
-    @staticmethod
-    def _end(finishing: queue.Queue, finisher: threading.Thread) -> None:
-        """Tell the finish stage that no more locations come after those it has."""
-        while finisher.is_alive():
-            try:
-                finishing.put(None, timeout=POLL)
-                return
-            except queue.Full:
-                continue
 
     # --- model stage (the calling thread) ---------------------------------------------
 
@@ -419,7 +409,7 @@ class Pipeline:
             future, count, chunk = batch
             settled, seconds = self.clock.timed("finish waited for outlines", self._wait, future)
             self.clock.add("outline", seconds)
-            if settled.unsettled:  # masks that go on beyond what crossed: again, with all their logits
+            if settled.unsettled:  # masks (or split margins) beyond what crossed: again, with all their logits
                 again = outlines.submit(settle_timed, chunk.again(settled.unsettled), self._settings)
                 rest, seconds = self.clock.timed("finish waited for outlines", self._wait, again)
                 self.clock.add("outline", seconds)
@@ -432,6 +422,16 @@ class Pipeline:
                                     work.written, outlines.submit)
         self.clock.timed("write", self._finish, work, outcomes)
         return True
+
+
+def _no_more_locations(finishing: queue.Queue, finisher: threading.Thread) -> None:
+    """Tell the finish stage that no more locations come after those it has."""
+    while finisher.is_alive():
+        try:
+            finishing.put(None, timeout=POLL)
+            return
+        except queue.Full:
+            continue
 
 
 def _to_stderr(line: str) -> None:

@@ -15,7 +15,7 @@ from sam2_refine.writeback import Unfinished
 from tests.fake_platform import FakePlatform, HttpError
 from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
     HERE, Silent, check_replaced_exactly_once, complete_earlier, fault_test_budget, only_refined, parameters,
-    refine_all, square, writer_for,
+    refine_all, square, stale_refinement_of_an_edited_original, writer_for,
 )
 
 TOKEN_EXPIRED = WorkerError("The platform did not accept this job's token (HTTP 401)",
@@ -149,12 +149,8 @@ def test_an_unmarked_polygon_with_the_output_tags_inside_an_original_is_not_take
 
 def test_stale_refinements_removed_at_the_end_of_the_job_are_not_counted_as_replaced_originals():
     platform = FakePlatform()
-    original = platform.add(square(10, 10, 20), tags=["nucleus"])
     params = parameters(platform)
-    old_digest = outline_digest("polygon", platform.annotations[original]["coordinates"])
-    stale = platform.add(square(11, 11, 18), tags=["refined"],
-                         **{MARKER_KEY: f"{run_key(params)}/{original}", SOURCE_KEY: old_digest})
-    platform.annotations[original]["coordinates"] = [{"x": x, "y": y} for x, y in square(40, 40, 20)]  # edited
+    original, stale = stale_refinement_of_an_edited_original(platform, params)
     writer, _ = writer_for(platform, params)
     platform.fail("delete_annotations", HttpError(500, "busy"))  # the stale one's removal, the first delete
     refine_all(platform, writer, [original])

@@ -20,12 +20,12 @@ from sam2_refine.markers import run_key
 from sam2_refine.nimbus import MARKER_KEY, SOURCE_KEY, outline_digest
 from sam2_refine.parameters import Location
 from sam2_refine.resume import Counterpart
-from sam2_refine.writeback import Unfinished
+from sam2_refine.writeback import Unfinished, WriteBack
 from sam2_refine.writes import MAX_SENDS
 from tests.fake_platform import FakePlatform, HttpError
 from tests.writeback_jobs import (  # noqa: F401 (fault_test_budget: an autouse fixture)
     HERE, WRITES, check_replaced_exactly_once, complete_earlier, fault_test_budget, inner, only_refined, parameters,
-    refine_all, square, write_calls, writer_for,
+    refine_all, square, stale_refinement_of_an_edited_original, write_calls, writer_for,
 )
 
 # --- order, tags, connections ----------------------------------------------------------
@@ -437,12 +437,8 @@ def test_earlier_doubtful_counterpart_is_not_completed_into_a_replacement():
 
 def test_a_counterpart_of_an_outline_since_edited_is_stale_and_replaced_by_the_new_refinement():
     platform = FakePlatform()
-    original = platform.add(square(10, 10, 20), tags=["nucleus"])
     params = parameters(platform)
-    old_digest = outline_digest("polygon", platform.annotations[original]["coordinates"])
-    stale = platform.add(square(11, 11, 18), tags=["refined"],
-                         **{MARKER_KEY: f"{run_key(params)}/{original}", SOURCE_KEY: old_digest})
-    platform.annotations[original]["coordinates"] = [{"x": x, "y": y} for x, y in square(40, 40, 20)]  # edited
+    original, stale = stale_refinement_of_an_edited_original(platform, params)
     writer, job = writer_for(platform, params)
     assert original not in job.earlier.counterparts and job.earlier.stale == {original: [stale]}
     assert job.earlier.accepted_outlines(HERE) == []  # the stale one counts for nothing

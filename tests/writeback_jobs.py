@@ -57,6 +57,17 @@ def square(x, y, side=10):
     return [(x, y), (x + side, y), (x + side, y + side), (x, y + side)]
 
 
+def stale_refinement_of_an_edited_original(platform, params) -> tuple[str, str]:
+    """An original and the refinement an earlier run made of it, the original's outline
+    edited since (its digest no longer matches): (original id, stale refinement id)."""
+    original = platform.add(square(10, 10, 20), tags=["nucleus"])
+    old_digest = nimbus.outline_digest("polygon", platform.annotations[original]["coordinates"])
+    stale = platform.add(square(11, 11, 18), tags=["refined"],
+                         **{nimbus.MARKER_KEY: f"{run_key(params)}/{original}", nimbus.SOURCE_KEY: old_digest})
+    platform.annotations[original]["coordinates"] = [{"x": x, "y": y} for x, y in square(40, 40, 20)]  # edited
+    return original, stale
+
+
 def writer_for(platform, params, locations=(HERE,)):
     """A prepared WriteBack for `params` and the job it read: (writer, job)."""
     key = run_key(params)
