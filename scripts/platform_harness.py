@@ -34,6 +34,7 @@ sys.path.insert(0, str(PLATFORM_SERVER))
 import nimbus_app as app  # noqa: E402  (the platform server's own app steps; needs only requests)
 
 from tests.oracle import Disk, shapes_to_json  # noqa: E402
+from tests.worker_output import WorkerOutput  # noqa: E402
 
 
 def free_port() -> int:
@@ -43,7 +44,7 @@ def free_port() -> int:
 
 
 @dataclass
-class JobRun:
+class JobRun(WorkerOutput):
     """A finished platform job: its Girder status, the container's exit code and output,
     and the HTTP requests the worker made while it ran (from the server's events log)."""
 
@@ -55,28 +56,8 @@ class JobRun:
     requests: list[dict] = field(default_factory=list)  # method, path (after /api/v1/), status
 
     @property
-    def messages(self) -> list[dict]:
-        lines = []
-        for line in self.stdout.splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                lines.append(value)
-        return lines
-
-    @property
-    def errors(self) -> list[dict]:
-        return [m for m in self.messages if m.get("error")]
-
-    @property
-    def warnings(self) -> list[dict]:
-        return [m for m in self.messages if m.get("warning")]
-
-    @property
     def last_progress(self) -> str:
-        infos = [str(m.get("info") or "") for m in self.messages if "progress" in m and not m.get("error")]
+        infos = [str(m.get("info") or "") for m in self.progress]
         return infos[-1] if infos else ""
 
     def writes(self) -> list[dict]:

@@ -16,6 +16,7 @@ import pytest
 from nimbus_server import NimbusServer
 from sam2_refine.nimbus import MARKER_KEY
 from tests.oracle import Disk, Rect, shapes_to_json
+from tests.worker_output import WorkerOutput
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "annotations/sam2_refine_worker:latest"
@@ -65,35 +66,11 @@ PEAK_RSS_LAUNCHER = (
 
 
 @dataclass
-class WorkerRun:
+class WorkerRun(WorkerOutput):
     returncode: int
     stdout: str
     stderr: str
     peak_rss_kib: int | None = None
-
-    @property
-    def messages(self) -> list[dict]:
-        lines = []
-        for line in self.stdout.splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                lines.append(value)
-        return lines
-
-    @property
-    def errors(self) -> list[dict]:
-        return [m for m in self.messages if m.get("error")]
-
-    @property
-    def warnings(self) -> list[dict]:
-        return [m for m in self.messages if m.get("warning")]
-
-    @property
-    def progress(self) -> list[dict]:
-        return [m for m in self.messages if "progress" in m and not m.get("error")]
 
 
 def compute_parameters(dataset_id: str, **interface_values) -> dict:
