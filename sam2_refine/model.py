@@ -112,10 +112,6 @@ class Sam2Predictor:
         return self._current.high_res
 
     @property
-    def _first_block(self) -> dict:
-        return self._current.first_block
-
-    @property
     def _dense_pe(self):
         return self._decoder.dense_pe
 

@@ -182,15 +182,12 @@ def _centred(start: int, stop: int, side: int, extent: int) -> tuple[int, int]:
     return _place(start - (side - (stop - start)) // 2, side, extent)
 
 
-def shrink_window(window: Window, member_boxes: list[Box], width: int, height: int) -> Window:
-    """The smallest square window (within `window`'s side) that holds every member's search
-    area and gives SAM2 context: a side of at least CONTEXT_FACTOR x the largest member's
-    box side and at least MIN_CONTEXT_SIDE, centred on the members."""
-    return _shrunk(window, member_boxes, search_areas(member_boxes, width, height), width, height)
-
-
 def _shrunk(window: Window, member_boxes: list[Box], areas: list[tuple[int, int, int, int]], width: int,
             height: int) -> Window:
+    """The smallest square window (within `window`'s side) that holds every member's search
+    area (`areas`, from search_areas) and gives SAM2 context: a side of at least
+    CONTEXT_FACTOR x the largest member's box side and at least MIN_CONTEXT_SIDE, centred
+    on the members."""
     col0, row0 = min(a[0] for a in areas), min(a[1] for a in areas)
     col1, row1 = max(a[2] for a in areas), max(a[3] for a in areas)
     context = CONTEXT_FACTOR * max(b.longer_side for b in member_boxes)
